@@ -1,0 +1,3 @@
+"""mosslm: build, tune and serve your own MOSS-style bilingual assistant with plugins."""
+
+__version__ = "0.1.0"

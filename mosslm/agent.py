@@ -1,0 +1,180 @@
+"""The conversation loop on top of a text generator and the plugins.
+
+For models that speak the MOSS protocol, a plugin turn takes two passes:
+generate to `<eoc>`, run the commands, append the Results block and
+`<|MOSS|>:`, generate to `<eom>`. Models with a foreign chat template (e.g. a
+Llama/Qwen/SmolLM folder or GGUF) get plain turns through their own template.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Protocol
+
+from . import protocol
+from .engine import Generation, SamplingParams, stream
+from .engine.generate import ContextTooLong
+from .model import LoadedModel
+from .plugins.registry import BUILTINS, Plugin, run_commands
+from .protocol import Conversation, Turn
+
+
+class TextGenerator(Protocol):
+    """What the agent needs from a model: count tokens, stream a continuation."""
+
+    context_length: int
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream(self, prompt: str, params: SamplingParams, result: Generation) -> Iterator[str]: ...
+
+
+class ModelGenerator:
+    """A loaded checkpoint behind the TextGenerator interface."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.context_length = loaded.context_length
+        tok = loaded.tokenizer
+        ids = set()
+        gen_eos = getattr(loaded.model.generation_config, "eos_token_id", None)
+        for value in (gen_eos, tok.eos_token_id):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list):
+                ids.update(v for v in value if isinstance(v, int))
+        if loaded.speaks_moss:
+            # Terminators stop only the pass that ends with them (see the agent);
+            # the end-of-text token always stops.
+            ids = {i for i in ids if tok.convert_ids_to_tokens(i) not in protocol.TERMINATORS}
+        self.stop_token_ids = sorted(ids)
+
+    def encode(self, text: str) -> list[int]:
+        return self.loaded.tokenizer.encode(text, add_special_tokens=False)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def stream(self, prompt: str, params: SamplingParams, result: Generation) -> Iterator[str]:
+        params = replace(params, stop_token_ids=sorted(set(params.stop_token_ids) | set(self.stop_token_ids)))
+        return stream(self.loaded.model, self.loaded.tokenizer, self.encode(prompt), params,
+                      self.context_length, result)
+
+
+@dataclass
+class Event:
+    kind: str      # "text" (reply delta), "thoughts", "commands", "results", "protocol"
+    text: str
+
+
+@dataclass
+class Agent:
+    generator: TextGenerator
+    speaks_moss: bool = True
+    preset: str = "mosslm"
+    plugins: dict[str, Plugin] = field(default_factory=dict)
+    params: SamplingParams = field(default_factory=SamplingParams)
+    system: str | None = None           # a custom meta instruction / system prompt
+    template: Callable[[list[dict], bool], str] | None = None  # foreign chat template renderer
+    history: Conversation | None = None
+
+    def __post_init__(self) -> None:
+        self.clear()
+
+    # ------------------------------------------------------------ state
+
+    def meta(self) -> str:
+        if self.system is not None:
+            return self.system
+        return protocol.meta_instruction(self.preset, plugins=list(self.plugins))
+
+    def clear(self) -> None:
+        self.history = Conversation(self.meta())
+
+    def set_plugins(self, names: list[str]) -> None:
+        unknown = [n for n in names if n not in BUILTINS]
+        if unknown:
+            raise ValueError(f"unknown plugin(s) {unknown}; available: {', '.join(BUILTINS)}")
+        self.plugins = {n: BUILTINS[n] for n in names}
+        self.history.meta = self.meta()
+
+    def set_system(self, text: str | None) -> None:
+        self.system = text
+        self.history.meta = self.meta()
+
+    @property
+    def plugin_mode(self) -> bool:
+        return self.speaks_moss and bool(self.plugins)
+
+    # ------------------------------------------------------------ prompts
+
+    def _prompt(self, conv: Conversation) -> str:
+        if self.speaks_moss:
+            return protocol.generation_prompt(conv, plugin_mode=self.plugin_mode)
+        return self.template(self._messages(conv), True)
+
+    def _messages(self, conv: Conversation) -> list[dict]:
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        for t in conv.turns:
+            messages.append({"role": "user", "content": t.human})
+            if t.reply is not None:
+                messages.append({"role": "assistant", "content": t.reply})
+        return messages
+
+    def fit_context(self, conv: Conversation) -> Conversation:
+        """Drop the oldest whole turns until prompt + reply room fits the context."""
+        reserve = min(self.params.max_new_tokens, self.generator.context_length // 4)
+        budget = self.generator.context_length - reserve
+        conv = protocol.compress_history(conv) if self.speaks_moss else conv
+        while True:
+            used = self.generator.count_tokens(self._prompt(conv))
+            if used <= budget:
+                return conv
+            if len(conv.turns) <= 1:
+                raise ContextTooLong(
+                    f"the message is too long: the prompt needs {used} tokens but only {budget} of the "
+                    f"model's {self.generator.context_length}-token context are available "
+                    f"({reserve} are kept for the reply); shorten the message or lower max_new_tokens")
+            conv = Conversation(conv.meta, conv.turns[1:], conv.id, conv.extra)
+
+    # ------------------------------------------------------------ one turn
+
+    def send(self, user_text: str) -> Iterator[Event]:
+        """Answer one user message, streaming events; the history keeps the turn."""
+        turn = Turn(human=protocol.escape(user_text))
+        conv = copy.deepcopy(self.history)
+        conv.turns.append(turn)
+        conv = self.fit_context(conv)
+        prompt = self._prompt(conv)
+        if self.plugin_mode:
+            yield from self._plugin_turn(conv, prompt, turn)
+        else:
+            stops = protocol.reply_stop() if self.speaks_moss else []
+            turn.reply = yield from self._generate(prompt, stops, "text")
+            turn.reply = turn.reply.strip() if self.speaks_moss else turn.reply
+        self.history.turns.append(turn)
+        yield Event("protocol", turn.render() if self.speaks_moss else
+                    self.template(self._messages(Conversation("", [turn])), False))
+
+    def _generate(self, prompt: str, stops: list[str], kind: str) -> Iterator[Event]:
+        result = Generation()
+        params = replace(self.params, stop=list(self.params.stop) + stops)
+        for delta in self.generator.stream(prompt, params, result):
+            yield Event(kind, delta)
+        return result.text
+
+    def _plugin_turn(self, conv: Conversation, prompt: str, turn: Turn) -> Iterator[Event]:
+        first = yield from self._generate(prompt, protocol.plugin_first_pass_stop(), "thoughts")
+        turn.plugin = True
+        turn.thoughts, turn.commands = protocol.parse_first_pass(first)
+        if turn.commands is not None:
+            yield Event("commands", turn.commands)
+        turn.results = run_commands(turn.parsed_commands(), self.plugins)
+        if turn.results is not None:
+            yield Event("results", turn.results)
+        # Second pass: the model reads the tool results and writes the reply.
+        partial = Conversation(conv.meta, conv.turns[:-1] + [turn])
+        second = (partial.meta + "".join(t.render() for t in partial.turns)) + f"{protocol.MOSS}:"
+        reply = yield from self._generate(second, protocol.reply_stop(), "text")
+        turn.reply = reply.strip()

@@ -1,0 +1,1 @@
+"""Data stage: conversation files (check, convert) and, later, cleaning and synthesis."""

@@ -1,0 +1,185 @@
+"""Model presets, building, saving and loading checkpoints.
+
+A checkpoint is a plain Hugging Face folder (config.json, model.safetensors,
+generation_config.json, tokenizer files with a chat template) plus our small
+`mosslm.json`, so any transformers user can load it with the Auto classes.
+We also load any local Llama/Qwen2/Mistral-family folder and GGUF files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import protocol
+
+METADATA_FILE = "mosslm.json"
+
+# Named sizes. All are standard Llama configs; "moss-16b" matches MOSS's scale
+# (34 layers, hidden 6144, 2048 context) for multi-GPU runs.
+PRESETS: dict[str, dict[str, Any]] = {
+    "micro": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
+    "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024),
+    "small": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
+                  num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=2048),
+    "base": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                 num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=2048),
+    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+               num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048),
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+               num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048),
+    "moss-16b": dict(hidden_size=6144, intermediate_size=18432, num_hidden_layers=34,
+                     num_attention_heads=48, num_key_value_heads=8, max_position_embeddings=2048,
+                     tie_word_embeddings=False),
+}
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def model_config(preset: str, vocab_size: int, **overrides: Any):
+    """A transformers LlamaConfig for a named preset."""
+    from transformers import LlamaConfig
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; known: {', '.join(PRESETS)}")
+    kwargs = dict(vocab_size=vocab_size, rope_theta=10000.0, tie_word_embeddings=True, rms_norm_eps=1e-5)
+    kwargs.update(PRESETS[preset])
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+def count_parameters(config) -> int:
+    """Parameters of a preset without allocating it (meta device)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_model(preset: str, tokenizer, seed: int = 0, **overrides: Any):
+    """A randomly initialised model whose vocabulary and special ids match the tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(preset, vocab_size=len(tokenizer), **overrides)
+    config.bos_token_id = tokenizer.bos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    path: str
+    protocol: str | None  # "moss"/"mosslm" when the model speaks the MOSS protocol, else None
+    context_length: int
+
+    @property
+    def speaks_moss(self) -> bool:
+        return self.protocol is not None
+
+
+def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, preset: str = "mosslm",
+                    metadata: dict[str, Any] | None = None) -> Path:
+    """Write a complete HF folder atomically: a temp folder, then one rename."""
+    from transformers import GenerationConfig
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tokenizer.chat_template = protocol.chat_template(preset)
+        eom = tokenizer.convert_tokens_to_ids(protocol.EOM)
+        gen = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=[i for i in (eom, tokenizer.eos_token_id) if i is not None and i != tokenizer.unk_token_id],
+            **{k: v for k, v in protocol.MOSS_GENERATION_DEFAULTS.items()}, do_sample=True)
+        model.generation_config = gen
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        meta = {"protocol": preset, "mosslm_version": _version(), **(metadata or {})}
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def load(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a checkpoint folder (ours or any local HF causal LM) or a .gguf file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelLoadError(f"model not found: {p}")
+    try:
+        if p.is_file():
+            if p.suffix.lower() != ".gguf":
+                raise ModelLoadError(f"{p} is a file but not a .gguf; pass a checkpoint folder or a GGUF file")
+            _require("gguf", "GGUF files", "gguf")
+            _require("accelerate", "GGUF files", "gguf")
+            tokenizer = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+            model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=dtype)
+        else:
+            if not (p / "config.json").exists():
+                raise ModelLoadError(f"{p} has no config.json: not a Hugging Face checkpoint folder")
+            tokenizer = AutoTokenizer.from_pretrained(p)
+            model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"could not load {p}: {e}") from e
+    model.eval()
+    return LoadedModel(model, tokenizer, str(p), detect_protocol(p, tokenizer), context_length(model))
+
+
+def _require(module: str, what: str, extra: str) -> None:
+    import importlib.util
+    if importlib.util.find_spec(module) is None:
+        raise ModelLoadError(f"loading {what} needs the '{module}' package: pip install 'mosslm[{extra}]'")
+
+
+def detect_protocol(path: Path, tokenizer) -> str | None:
+    """Which MOSS preset a checkpoint speaks, or None for a foreign chat template."""
+    meta_file = path / METADATA_FILE if path.is_dir() else None
+    if meta_file and meta_file.exists():
+        return json.loads(meta_file.read_text()).get("protocol")
+    vocab = tokenizer.get_vocab()
+    if protocol.EOM in vocab and protocol.EOH in vocab:
+        return "moss"  # a real MOSS checkpoint: terminators are special tokens
+    return None
+
+
+def context_length(model) -> int:
+    cfg = model.config
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return protocol.MOSS_CONTEXT_LENGTH

@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny tokenizer and checkpoint built here, never downloaded."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SAMPLES = SHARED / "data" / "moss-sft-samples"
+
+
+def sample_files() -> list[Path]:
+    if not SAMPLES.is_dir():
+        pytest.skip(f"the MOSS SFT samples are not here ({SAMPLES}); they come with the project's "
+                    "shared/ folder in CI, not with a plain clone")
+    return sorted(SAMPLES.glob("*.jsonl"))
+
+
+def bilingual_corpus(n: int = 400, seed: int = 0) -> list[str]:
+    """A small project-written corpus with Chinese, English, digits and code."""
+    rng = random.Random(seed)
+    zh = ["你好，我是MOSS。", "今天天气很好。", "请帮我计算一下。", "这个问题很有意思。", "我们一起学习语言模型。",
+          "北京是中国的首都。", "谢谢你的帮助！", "数学和编程都很重要。"]
+    en = ["Hello, I am MOSS.", "The weather is nice today.", "Please help me calculate this.",
+          "Paris is the capital of France.", "Language models predict the next token.",
+          "def add(a, b):\n    return a + b\n", "Thanks for your help!"]
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(0, 9999), rng.randint(0, 9999)
+        out.append(f"{rng.choice(zh)} {rng.choice(en)} {a}*{b}={a * b} 😀🎉")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from mosslm.tokenizer import train_tokenizer
+
+    return train_tokenizer(bilingual_corpus(), vocab_size=600, min_frequency=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_tokenizer, tmp_path_factory):
+    from mosslm.model import build_model, save_checkpoint
+
+    model = build_model("micro", tiny_tokenizer, seed=0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(model, tiny_tokenizer, path, preset="mosslm")
+    return path
