@@ -429,14 +429,20 @@ def to_openai(conv: Conversation) -> dict[str, Any]:
                     messages.append({"role": "tool", "tool_call_id": call["id"],
                                      "name": call["function"]["name"], "content": block})
         if turn.reply is not None:
-            msg: dict[str, Any] = {"role": "assistant", "content": turn.reply}
-            if turn.plugin:
-                msg["moss"] = {"thoughts": turn.thoughts, "commands": turn.commands, "results": turn.results}
-            messages.append(msg)
-    out: dict[str, Any] = {}
-    if conv.id is not None:
-        out["id"] = conv.id
-    out["messages"] = messages
+            messages.append(_with_moss_fields({"role": "assistant", "content": turn.reply}, turn))
+    return _record(conv, "messages", messages)
+
+
+def _with_moss_fields(message: dict[str, Any], turn: Turn) -> dict[str, Any]:
+    """Carry a plugin turn's exact fields, so conversions back are lossless."""
+    if turn.plugin:
+        message["moss"] = {"thoughts": turn.thoughts, "commands": turn.commands, "results": turn.results}
+    return message
+
+
+def _record(conv: Conversation, key: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {} if conv.id is None else {"id": conv.id}
+    out[key] = items
     out.update(conv.extra)
     return out
 
@@ -536,16 +542,8 @@ def to_sharegpt(conv: Conversation) -> dict[str, Any]:
             items.append({"from": "function_call", "value": turn.commands})
             items.append({"from": "observation", "value": turn.results or ""})
         if turn.reply is not None:
-            item: dict[str, Any] = {"from": "gpt", "value": turn.reply}
-            if turn.plugin:
-                item["moss"] = {"thoughts": turn.thoughts, "commands": turn.commands, "results": turn.results}
-            items.append(item)
-    out: dict[str, Any] = {}
-    if conv.id is not None:
-        out["id"] = conv.id
-    out["conversations"] = items
-    out.update(conv.extra)
-    return out
+            items.append(_with_moss_fields({"from": "gpt", "value": turn.reply}, turn))
+    return _record(conv, "conversations", items)
 
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
