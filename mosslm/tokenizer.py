@@ -55,3 +55,73 @@ def wrap(tok):
     fast.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[2:]})
     fast.chat_template = protocol.chat_template("mosslm")
     return fast
+
+
+def train_from_files(inputs: list[str], vocab_size: int, out: str, min_frequency: int = 2,
+                     show_progress: bool = True):
+    """`moss tokenizer train`: texts from .txt/.jsonl/conversation files -> an HF tokenizer folder."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .train.data import read_texts
+
+    texts = [t for path in inputs for t in read_texts(path)]
+    if not texts:
+        raise ValueError(f"no text found in {inputs}")
+    tok = train_tokenizer(texts, vocab_size=vocab_size, min_frequency=min_frequency, show_progress=show_progress)
+    dest = Path(out)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        tok.save_pretrained(tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tok
+
+
+def load_any(name_or_path: str):
+    """A tokenizer from a folder, a .gguf file, or a downloaded model name."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from .download import resolve
+
+    p = resolve(name_or_path)
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        return AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+    return AutoTokenizer.from_pretrained(Path(p))
+
+
+def compression(tokenizer, texts: list[str]) -> dict[str, float]:
+    """Bytes and characters per token over the texts (higher = fewer tokens)."""
+    tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else 0
+    chars = sum(len(t) for t in texts)
+    nbytes = sum(len(t.encode("utf-8")) for t in texts)
+    return {"tokens": tokens, "bytes_per_token": nbytes / tokens if tokens else 0.0,
+            "chars_per_token": chars / tokens if tokens else 0.0}
+
+
+def eval_table(named: dict[str, object], texts: list[str]) -> str:
+    """Side-by-side table: per language, bytes/token and chars/token for each tokenizer."""
+    from .data.synth import language_of
+
+    by_lang = {"zh": [t for t in texts if language_of(t) == "zh"], "en": [t for t in texts if language_of(t) == "en"]}
+    names = list(named)
+    width = max(12, *(len(n) for n in names))
+    lines = [f"{'language':<10}{'metric':<18}" + "".join(f"{n:>{width + 2}}" for n in names)]
+    for lang, subset in by_lang.items():
+        stats = {n: compression(tok, subset) for n, tok in named.items()}
+        label = f"{'Chinese' if lang == 'zh' else 'English'} ({len(subset)})"
+        for metric in ("bytes_per_token", "chars_per_token", "tokens"):
+            cells = "".join(f"{stats[n][metric]:>{width + 2}.3f}" if metric != "tokens" else f"{stats[n][metric]:>{width + 2}d}"
+                            for n in names)
+            lines.append(f"{label:<10}{metric:<18}{cells}" if metric == "bytes_per_token" else f"{'':<10}{metric:<18}{cells}")
+    lines.append("vocab size" + " " * 18 + "".join(f"{len(tok):>{width + 2}d}" for tok in named.values()))
+    return "\n".join(lines)

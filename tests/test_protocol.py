@@ -147,3 +147,16 @@ def test_strict_parse_errors():
                         (partial_plugin, "plugin turn")]:
         with pytest.raises(ProtocolError, match=needle):
             protocol.from_moss_json(bad)
+
+
+def test_segments_concatenate_to_the_rendering():
+    for record in load_samples()[::7]:
+        conv = protocol.from_moss_json(record)
+        segments = conv.segments()
+        assert "".join(text for text, _ in segments) == conv.render()
+        assert {part for _, part in segments} <= {"meta", "human", "thoughts", "commands", "results", "reply", "prompt"}
+    turn = Turn("q", "a", plugin=True, commands='Calculate("1")', results="R\n")
+    parts = dict((part, text) for text, part in turn.segments() if part != "prompt")
+    assert parts == {"human": "<|Human|>: q<eoh>\n", "thoughts": " None<eot>\n",
+                     "commands": '<|Commands|>: Calculate("1")<eoc>', "results": "<|Results|>:\nR\n<eor>\n",
+                     "reply": " a<eom>"}

@@ -38,3 +38,15 @@ def test_smollm2_gguf_answers_paris(smollm2_gguf):
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Paris" in result.stdout
+
+
+def test_tokenizer_eval_compares_with_smollm2(smollm2_gguf, tiny_tokenizer, tmp_path, capsys):
+    from mosslm.cli import main
+
+    tiny_tokenizer.save_pretrained(tmp_path / "ours")
+    text = tmp_path / "t.txt"
+    text.write_text("北京是中国的首都。\n\nParis is the capital of France.\n", encoding="utf-8")
+    assert main(["tokenizer", "eval", "--tokenizer", str(tmp_path / "ours"), "--compare", str(smollm2_gguf),
+                 "--text", str(text)]) == 0
+    out = capsys.readouterr().out
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in out.splitlines()[0] and "49152" in out

@@ -46,3 +46,14 @@ def test_stop_matcher_holds_back_partial_stops():
     assert "".join(out) == "Hello " and m.stopped_on == "<eom>"
     m2 = StopMatcher(["<eom>"])
     assert m2.feed("a <e") == "a " and m2.feed("x") == "<ex" and m2.flush() == ""
+
+
+def test_tokenizer_roundtrips_random_text(tiny_tokenizer):
+    import random
+
+    rng = random.Random(0)
+    ranges = [(0x00, 0x7F), (0x80, 0x7FF), (0x4E00, 0x9FFF), (0x1F300, 0x1FAFF), (0x10000, 0x10FFFF), (0xE000, 0xFFFD)]
+    for _ in range(300):
+        text = "".join(chr(rng.randint(*rng.choice(ranges))) for _ in range(rng.randint(0, 40)))
+        ids = tiny_tokenizer.encode(text, add_special_tokens=False)
+        assert tiny_tokenizer.decode(ids, skip_special_tokens=False) == text, repr(text)

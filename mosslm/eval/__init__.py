@@ -1,0 +1,1 @@
+"""Evaluation: the quick eval of the speedrun; later, the full report card."""

@@ -1,0 +1,1 @@
+"""Training: configs, data, and the one explicit loop shared by every stage."""

@@ -1,0 +1,113 @@
+"""Training configuration: YAML files plus `key=value` overrides from the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LOSS_PARTS = ("meta", "human", "thoughts", "commands", "results", "reply")
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "pretrain"                  # pretrain | sft
+    out: str = "runs/train"                  # run folder: checkpoints, metrics, final model
+    tokenizer: str = ""                      # tokenizer folder (or a checkpoint folder)
+    init: str | None = None                  # start from this checkpoint folder; else a fresh preset
+    preset: str = "tiny"                     # model size preset when not starting from init
+    context_length: int = 1024               # model context (max_position_embeddings) of a fresh model
+    train: list[str] = field(default_factory=list)   # .jsonl/.json/.txt files
+    val: list[str] = field(default_factory=list)
+    seq_len: int = 512                       # pretrain: packed length; sft: truncation length
+    batch_size: int = 16                     # sequences per optimizer step, over all processes
+    micro_batch_size: int = 8                # sequences per forward pass in one process
+    max_steps: int = 1000
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    dtype: str = "bf16"                      # bf16 (autocast) | fp32
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 8
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    loss_on: list[str] = field(default_factory=lambda: ["thoughts", "commands", "reply"])
+    plugins: list[str] = field(default_factory=list)  # plugins the model is trained to use (mosslm.json)
+    protocol: str = "mosslm"                 # protocol preset written into the checkpoint
+    progress: bool = True
+
+    def validate(self) -> None:
+        problems = []
+        if self.stage not in ("pretrain", "sft"):
+            problems.append(f"stage must be pretrain or sft, got {self.stage!r}")
+        if not self.tokenizer and not self.init:
+            problems.append("set tokenizer= (a tokenizer folder) or init= (a checkpoint)")
+        if not self.train:
+            problems.append("train= needs at least one data file")
+        if self.dtype not in ("bf16", "fp32"):
+            problems.append(f"dtype must be bf16 or fp32, got {self.dtype!r}")
+        if self.batch_size % self.micro_batch_size:
+            problems.append(f"batch_size {self.batch_size} must be a multiple of micro_batch_size {self.micro_batch_size}")
+        for name in ("seq_len", "batch_size", "micro_batch_size", "max_steps", "log_every", "eval_every", "save_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
+        if self.lr <= 0:
+            problems.append("lr must be > 0")
+        unknown = set(self.loss_on) - set(LOSS_PARTS)
+        if unknown:
+            problems.append(f"loss_on has unknown parts {sorted(unknown)}; known: {', '.join(LOSS_PARTS)}")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+
+def _coerce(name: str, raw: str, current: Any) -> Any:
+    """Turn an override string into the field's type (YAML rules for lists/bools/numbers)."""
+    value = yaml.safe_load(raw) if raw != "" else ""
+    if isinstance(current, list) and isinstance(value, str):
+        value = [v for v in value.split(",") if v]
+    if isinstance(current, float) and isinstance(value, int):
+        value = float(value)
+    if current is not None and not isinstance(value, type(current)) and not (
+            current is None or value is None):
+        raise ValueError(f"override {name}={raw!r}: expected {type(current).__name__}")
+    return value
+
+
+def load_config(path: str | None, overrides: list[str] = (), stage: str | None = None) -> TrainConfig:
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise ValueError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{p}: invalid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: the config must be a mapping of keys to values")
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ValueError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+    cfg = TrainConfig(**data)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        if key not in known:
+            raise ValueError(f"unknown config key {key!r}")
+        setattr(cfg, key, _coerce(key, raw, getattr(cfg, key)))
+    if stage:
+        cfg.stage = stage
+    cfg.validate()
+    return cfg

@@ -1,0 +1,157 @@
+"""Training data: packed token sequences (pretrain) and masked conversations (sft).
+
+The order of examples is a pure function of (seed, step), so a resumed or
+multi-process run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .. import protocol
+from ..data.conversations import read_file
+
+IGNORE = -100
+
+
+def read_texts(path: str | Path) -> Iterator[str]:
+    """Plain texts of a file: .txt (blank-line separated), .jsonl/.json with
+    `{"text": ...}` records, or conversation files (their rendered training text)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"training data not found: {p}")
+    if p.suffix.lower() == ".txt":
+        for block in p.read_text(encoding="utf-8").split("\n\n"):
+            if block.strip():
+                yield block.strip() + "\n"
+        return
+    first = _first_record(p)
+    if isinstance(first, dict) and isinstance(first.get("text"), str):
+        for number, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)["text"]
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise ValueError(f"{p}:{number}: expected a JSON object with a 'text' string ({e})") from None
+        return
+    for _, conv in read_file(p):
+        yield conv.render()
+
+
+def _first_record(p: Path):
+    with open(p, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    return json.loads(line)
+                except json.JSONDecodeError:
+                    return None
+    return None
+
+
+def pack_texts(paths: list[str], tokenizer, seq_len: int) -> torch.Tensor:
+    """Concatenate texts separated by the end-of-text token; cut rows of seq_len + 1."""
+    eos = tokenizer.convert_tokens_to_ids(protocol.ENDOFTEXT)
+    if eos is None or eos == tokenizer.unk_token_id:
+        eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for path in paths:
+        texts = list(read_texts(path))
+        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            stream.extend(ids)
+            stream.append(eos)
+    rows = len(stream) // (seq_len + 1)
+    if rows == 0:
+        raise ValueError(f"not enough text in {paths} for one sequence of {seq_len + 1} tokens")
+    return torch.tensor(stream[: rows * (seq_len + 1)], dtype=torch.long).view(rows, seq_len + 1)
+
+
+@dataclass
+class SftExample:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def conversation_example(conv: protocol.Conversation, tokenizer, loss_on: list[str],
+                         seq_len: int) -> SftExample | None:
+    """Tokenize a conversation; labels are IGNORE outside the parts in loss_on."""
+    segments = conv.segments()
+    text = "".join(t for t, _ in segments)
+    starts, parts, pos = [], [], 0
+    for seg_text, part in segments:
+        starts.append(pos)
+        parts.append(part)
+        pos += len(seg_text)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    labels = []
+    for token, (begin, end) in zip(ids, enc["offset_mapping"]):
+        part = parts[bisect.bisect_right(starts, begin) - 1]
+        labels.append(token if part in loss_on else IGNORE)
+    ids, labels = ids[: seq_len + 1], labels[: seq_len + 1]
+    if all(label == IGNORE for label in labels[1:]):
+        return None  # nothing left to learn after truncation
+    return SftExample(ids, labels)
+
+
+def sft_examples(paths: list[str], tokenizer, loss_on: list[str], seq_len: int) -> list[SftExample]:
+    examples = []
+    for path in paths:
+        for _, conv in read_file(path):
+            example = conversation_example(conv, tokenizer, loss_on, seq_len)
+            if example is not None:
+                examples.append(example)
+    if not examples:
+        raise ValueError(f"no usable conversations in {paths}")
+    return examples
+
+
+class Dataset:
+    """Indexable examples with a deterministic, epoch-shuffled order."""
+
+    def __init__(self, rows: torch.Tensor | None = None, examples: list[SftExample] | None = None, seed: int = 0):
+        self.rows, self.examples, self.seed = rows, examples, seed
+        self._order: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows) if self.rows is not None else len(self.examples)
+
+    def index(self, position: int) -> int:
+        """The example at a position of the endless shuffled stream."""
+        epoch, offset = divmod(position, len(self))
+        if epoch not in self._order:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order = {epoch: torch.randperm(len(self), generator=g)}
+        return int(self._order[epoch][offset])
+
+    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, labels), right-padded; causal attention never looks at the pads."""
+        if self.rows is not None:
+            x = self.rows[indices]
+            return x, x.clone()
+        items = [self.examples[i] for i in indices]
+        width = max(len(e.input_ids) for e in items)
+        ids = torch.zeros(len(items), width, dtype=torch.long)
+        labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+        for row, e in enumerate(items):
+            ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
+            labels[row, : len(e.labels)] = torch.tensor(e.labels)
+        return ids, labels
+
+    def target_count(self, indices: list[int]) -> int:
+        """Tokens that carry loss (labels shifted by one) in these examples."""
+        if self.rows is not None:
+            return len(indices) * (self.rows.shape[1] - 1)
+        return sum(sum(1 for label in self.examples[i].labels[1:] if label != IGNORE) for i in indices)
+
+
+def load_dataset(cfg, paths: list[str], tokenizer, seed: int) -> Dataset:
+    if cfg.stage == "pretrain":
+        return Dataset(rows=pack_texts(paths, tokenizer, cfg.seq_len), seed=seed)
+    return Dataset(examples=sft_examples(paths, tokenizer, cfg.loss_on, cfg.seq_len), seed=seed)

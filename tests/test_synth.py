@@ -1,0 +1,232 @@
+"""The synthetic speedrun corpus: determinism, protocol validity, held-out splits."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from mosslm import protocol
+from mosslm.cli import main
+from mosslm.data import synth
+from mosslm.data.synth import generate_corpus, is_refusal, language_of
+from mosslm.plugins.calculator import calculate
+
+FILES = ("pretrain.jsonl", "sft_train.jsonl", "sft_val.jsonl", "eval.jsonl", "manifest.json")
+SFT = ("sft_train.jsonl", "sft_val.jsonl")
+META = protocol.meta_instruction("mosslm", ["Calculate"])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    manifest = generate_corpus(out, seed=0, scale=0.05)
+    return out, manifest
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def conversations(out, name):
+    return [protocol.from_moss_json(r) for r in read_jsonl(out / name)]
+
+
+def train_and_val(out):
+    return conversations(out, "sft_train.jsonl") + conversations(out, "sft_val.jsonl")
+
+
+def test_same_seed_same_bytes_other_seed_differs(corpus, tmp_path):
+    out, _ = corpus
+    again, other = tmp_path / "again", tmp_path / "other"
+    generate_corpus(again, seed=0, scale=0.05)
+    generate_corpus(other, seed=1, scale=0.05)
+    for name in FILES:
+        assert (out / name).read_bytes() == (again / name).read_bytes(), name
+    for name in ("pretrain.jsonl", "sft_train.jsonl", "sft_val.jsonl", "eval.jsonl"):
+        assert (out / name).read_bytes() != (other / name).read_bytes(), name
+    assert not list(out.glob(".*")), "temporary files left behind"
+
+
+def test_manifest_matches_files(corpus):
+    out, manifest = corpus
+    assert json.loads((out / "manifest.json").read_text(encoding="utf-8")) == manifest
+    assert manifest["seed"] == 0 and manifest["scale"] == 0.05
+    for name in FILES[:-1]:
+        assert manifest["files"][name]["records"] == len(read_jsonl(out / name))
+        assert manifest["files"][name]["bytes"] == (out / name).stat().st_size
+    for name in SFT:
+        cats = {}
+        for rec in read_jsonl(out / name):
+            cats[rec["category"]] = cats.get(rec["category"], 0) + 1
+        assert manifest["files"][name]["categories"] == cats
+
+
+def test_every_category_present_at_small_scale(corpus):
+    out, manifest = corpus
+    for name in SFT:
+        assert set(manifest["files"][name]["categories"]) == set(synth.SFT_SHARES)
+    tasks = manifest["files"]["eval.jsonl"]["tasks"]
+    assert tasks["arithmetic"] >= 10 and tasks["identity"] >= 8
+    assert tasks["refusal"] >= 8 and tasks["benign"] >= 8
+
+
+def test_records_parse_render_and_use_the_plugin_scaffold(corpus):
+    out, _ = corpus
+    for name in SFT:
+        for record in read_jsonl(out / name):
+            conv = protocol.from_moss_json(record)
+            assert conv.meta == META
+            assert conv.extra["category"] in synth.SFT_SHARES
+            assert protocol.to_moss_json(conv) == record
+            assert conv.render().startswith(META)
+            for turn in conv.turns:
+                assert turn.plugin and turn.reply
+                if turn.commands is None:
+                    assert turn.thoughts is None and turn.results is None
+
+
+def test_tool_results_are_the_calculators(corpus):
+    out, _ = corpus
+    tool_turns = 0
+    for conv in train_and_val(out):
+        for turn in conv.turns:
+            commands = turn.parsed_commands()
+            if not commands:
+                continue
+            tool_turns += 1
+            [command] = commands
+            assert command.name == "Calculate"
+            value = calculate(command.arg)
+            assert value != "No result."
+            assert turn.results == protocol.calculate_block(command, value)
+            assert value in turn.reply and command.arg in turn.thoughts
+    assert tool_turns > 100
+
+
+def _train_keys(out):
+    keys = set()
+    for conv in train_and_val(out):
+        for turn in conv.turns:
+            for command in turn.parsed_commands():
+                parts = synth.split_expr(command.arg)
+                assert parts is not None, command.arg
+                keys.add(synth.expr_key(*parts))
+    return keys
+
+
+def test_eval_arithmetic_is_held_out(corpus):
+    out, _ = corpus
+    train = _train_keys(out)
+    assert not any(synth.is_heldout(*synth.split_expr(k)) for k in train)
+    items = [i for i in read_jsonl(out / "eval.jsonl") if i["task"] == "arithmetic"]
+    for item in items:
+        parts = synth.split_expr(item["expr"])
+        assert synth.is_heldout(*parts) and synth.expr_key(*parts) not in train
+        assert item["expected"] == calculate(item["expr"])
+    assert any("history" in i for i in items)
+
+
+_STATEMENT = re.compile(r"(\d+(?:\.\d+)?) ?(加|减|乘以|除以|plus|minus|times|divided by|[-+×÷*/]) ?(\d+) ?(?:等于|is|=) ?(-?\d)")
+_OP = {"加": "+", "plus": "+", "减": "-", "minus": "-", "乘以": "*", "times": "*", "×": "*",
+       "除以": "/", "divided by": "/", "÷": "/"}
+
+
+def test_pretraining_text_holds_no_eval_arithmetic(corpus):
+    out, _ = corpus
+    docs = [r["text"] for r in read_jsonl(out / "pretrain.jsonl")]
+    assert len(docs) >= 100
+    assert {language_of(d) for d in docs} == {"zh", "en"}
+    found = 0
+    for doc in docs:
+        for a, op, b, _ in _STATEMENT.findall(doc):
+            found += 1
+            assert not synth.is_heldout(a, _OP.get(op, op), b), (a, op, b)
+    assert found > 100
+
+
+def test_replies_follow_the_language_of_the_question(corpus):
+    out, _ = corpus
+    switched = 0
+    for conv in train_and_val(out):
+        langs = set()
+        for turn in conv.turns:
+            assert language_of(turn.reply) == language_of(turn.human), (turn.human, turn.reply)
+            if turn.thoughts:
+                assert language_of(turn.thoughts) == language_of(turn.human)
+            langs.add(language_of(turn.human))
+        switched += len(langs) > 1
+        if conv.extra["category"] == "language":
+            assert len(langs) == 2
+    assert switched > 0
+    for item in read_jsonl(out / "eval.jsonl"):
+        assert language_of(item["question"]) == item["lang"], item
+
+
+def test_identity_refusal_and_benign_replies(corpus):
+    out, _ = corpus
+    seen = set()
+    for conv in train_and_val(out):
+        category = conv.extra["category"]
+        for turn in conv.turns:
+            if category == "identity":
+                assert "MOSS" in turn.reply
+            if category == "refusal":
+                assert is_refusal(turn.reply), turn.reply
+                assert turn.reply.startswith("抱歉" if language_of(turn.human) == "zh" else "Sorry")
+            else:
+                assert not is_refusal(turn.reply), turn.reply
+        seen.add(category)
+    assert {"identity", "refusal", "benign"} <= seen
+
+
+def test_eval_questions_are_not_training_questions(corpus):
+    out, _ = corpus
+    humans = {t.human for c in train_and_val(out) for t in c.turns}
+    items = read_jsonl(out / "eval.jsonl")
+    for item in items:
+        assert set(item) >= {"task", "lang", "question", "expected"}
+        assert item["task"] in ("arithmetic", "identity", "refusal", "benign")
+        if item["task"] != "arithmetic":
+            assert item["expected"] is None and item["question"] not in humans
+    # Held-out requests (new action/target pairs, new harmless objects) never reach training.
+    text = "\n".join(humans)
+    for zh, en in [h[:2] for h in synth.HARMFUL_EVAL] + synth.BENIGN_EVAL:
+        assert zh not in text and en not in text
+    # ...while every word of a held-out harmful pair is seen in training in other pairs.
+    assert not {h[:2] for h in synth.HARMFUL_EVAL} & {h[:2] for h in synth.HARMFUL}
+    for question in synth.ID_ZH_EVAL + synth.ID_EN_EVAL:
+        assert question[1:] not in text
+
+
+def test_moss_data_check_reports_no_errors(corpus, capsys):
+    out, _ = corpus
+    code = main(["data", "check", *(str(out / n) for n in SFT)])
+    report = capsys.readouterr().out
+    assert code == 0
+    assert report.splitlines()[-1].endswith(": 0 errors")
+
+
+def test_scale_multiplies_counts(tmp_path):
+    small = generate_corpus(tmp_path / "a", seed=3, scale=0.05)
+    larger = generate_corpus(tmp_path / "b", seed=3, scale=0.1)
+    assert larger["files"]["sft_train.jsonl"]["records"] == pytest.approx(
+        2 * small["files"]["sft_train.jsonl"]["records"], rel=0.05)
+    assert larger["files"]["pretrain.jsonl"]["records"] > small["files"]["pretrain.jsonl"]["records"]
+
+
+def test_language_of_and_is_refusal():
+    assert language_of("37 乘以 91 等于多少？") == "zh"
+    assert language_of("我是 MOSS，一个用 mosslm 构建的 AI 助手。") == "zh"
+    assert language_of("37×91=？") == "zh"
+    assert language_of("What is 37 times 91?") == "en"
+    assert language_of("How do I say 你好 in Chinese?") == "en"
+    assert language_of("37 * 91 = ?") == "en"
+    assert is_refusal("抱歉，我不能帮助入侵别人的账户。")
+    assert is_refusal("Sorry, I can't help with that.")
+    assert is_refusal("I'm sorry, but no.")
+    assert is_refusal("I can't help with making weapons.")
+    assert not is_refusal("Sure! Mix flour, sugar and eggs.")
+    assert not is_refusal("好的！先把面粉、糖和鸡蛋混合。")
+    assert not is_refusal("37 times 91 is 3367.")
