@@ -160,8 +160,13 @@ class Agent:
     def _generate(self, prompt: str, stops: list[str], kind: str) -> Iterator[Event]:
         result = Generation()
         params = replace(self.params, stop=list(self.params.stop) + stops)
+        started = not self.speaks_moss  # MOSS text has a space after the role tag: not part of the reply
         for delta in self.generator.stream(prompt, params, result):
-            yield Event(kind, delta)
+            if not started:
+                delta = delta.lstrip()
+                started = bool(delta)
+            if delta:
+                yield Event(kind, delta)
         return result.text
 
     def _plugin_turn(self, conv: Conversation, prompt: str, turn: Turn) -> Iterator[Event]:

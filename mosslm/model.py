@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import torch
 
 from . import protocol
+from .paths import atomic_dir
 
 METADATA_FILE = "mosslm.json"
 MANIFEST = "manifest.json"  # sizes and sha256 of every file: truncation and corruption are caught on load
@@ -139,31 +138,19 @@ def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, preset: str = 
     from transformers import GenerationConfig
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         tokenizer.chat_template = protocol.chat_template(preset)
         eom = tokenizer.convert_tokens_to_ids(protocol.EOM)
         gen = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
             eos_token_id=[i for i in (eom, tokenizer.eos_token_id) if i is not None and i != tokenizer.unk_token_id],
-            **{k: v for k, v in protocol.MOSS_GENERATION_DEFAULTS.items()}, do_sample=True)
+            **protocol.MOSS_GENERATION_DEFAULTS, do_sample=True)
         model.generation_config = gen
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         meta = {"protocol": preset, "mosslm_version": _version(), **(metadata or {})}
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
         write_manifest(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

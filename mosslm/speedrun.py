@@ -12,14 +12,13 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .paths import default_model_dir
+from .paths import atomic_dir, default_model_dir
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -35,18 +34,8 @@ def speedrun_config(preset: str) -> dict[str, Any]:
 def install_default(final: Path, dest: Path | None = None) -> Path:
     """Copy a checkpoint to the default model folder atomically."""
     dest = dest or default_model_dir()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".default.tmp-", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         shutil.copytree(final, tmp, dirs_exist_ok=True)
-        old = dest.with_name(f".default.old-{os.getpid()}")
-        if dest.exists():
-            dest.rename(old)
-        tmp.rename(dest)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

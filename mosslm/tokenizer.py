@@ -60,28 +60,15 @@ def wrap(tok):
 def train_from_files(inputs: list[str], vocab_size: int, out: str, min_frequency: int = 2,
                      show_progress: bool = True):
     """`moss tokenizer train`: texts from .txt/.jsonl/conversation files -> an HF tokenizer folder."""
-    import os
-    import shutil
-    import tempfile
-    from pathlib import Path
-
+    from .paths import atomic_dir
     from .train.data import read_texts
 
     texts = [t for path in inputs for t in read_texts(path)]
     if not texts:
         raise ValueError(f"no text found in {inputs}")
     tok = train_tokenizer(texts, vocab_size=vocab_size, min_frequency=min_frequency, show_progress=show_progress)
-    dest = Path(out)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+    with atomic_dir(out) as tmp:
         tok.save_pretrained(tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return tok
 
 

@@ -92,21 +92,22 @@ ID_EN = [("Who are you?", "who"), ("What's your name?", "who"), ("Introduce your
          ("Who made you?", "maker"), ("What can you do?", "can"), ("Are you a human?", "human"),
          ("Tell me your name.", "who"), ("Do you have a name?", "who"), ("Say something about yourself.", "who"),
          ("Who exactly are you?", "who")]
-ID_ZH_EVAL = ["能告诉我你的名字吗？", "可以说说你是谁吗？"]
-ID_EN_EVAL = ["Could you tell me your name?", "May I ask who you are?"]
-# Frames around a question; the last of each is eval-only.
+ID_ZH += [("能告诉我你的名字吗？", "who"), ("可以说说你是谁吗？", "who")]
+ID_EN += [("Could you tell me your name?", "who"), ("May I ask who you are?", "who")]
+# Frames around a question.
 ID_FRAMES = {"zh": ["{q}", "请问，{q}", "我想问一下，{q}", "我很好奇，{q}"],
              "en": ["{q}", "Can I ask: {q}", "Quick question: {q}", "I'm curious. {q}"]}
-# Openers people put before a question; varied so that a small model learns to
-# look past them (the EVAL openers never appear in training).
+# Openers people put before any question; varied so that a small model learns
+# to look past them. An identity question is opener + frame + question; every
+# part is seen in training, but 15% of the combinations are eval-only.
 ID_PREFIX = {"zh": ["", "", "", "你好，", "嗨，", "喂，", "请问，", "我想问一下，", "麻烦问下，", "对了，", "嗯，",
                     "那么，", "问你个问题：", "打扰一下，", "好的，", "说真的，", "老师，", "朋友，", "我说，", "呃，", "欸，",
                     "话说，", "这个，", "请教一下，", "小助手，", "MOSS，", "你好呀，", "在吗？"],
              "en": ["", "", "", "Hi! ", "Hello. ", "Hey, ", "Excuse me, ", "Quick question: ", "Can I ask: ", "So, ",
                     "Well, ", "OK, ", "Hmm, ", "By the way, ", "Sorry to bother you, ", "Honestly, ", "Dear assistant, ",
                     "Um, ", "Right, ", "Listen, ", "Friend, ", "Just wondering, ", "Tell me, ", "Pardon me, ", "MOSS, ",
-                    "Hey MOSS, ", "Hiya! "]}
-ID_PREFIX_EVAL = {"zh": ["哈喽，", "那个，"], "en": ["Hey there! ", "Good day. "]}
+                    "Hey MOSS, ", "Hiya! ", "Hey there! ", "Good day. "]}
+ID_PREFIX["zh"] += ["哈喽，", "那个，"]
 ID_REPLY = {
     "zh": {"who": ["我是 MOSS，一个用 mosslm 构建的人工智能助手。我可以用中文和英文和你聊天，也可以用计算器帮你算数。",
                    "你好，我叫 MOSS，是一个用 mosslm 训练出来的 AI 助手。有什么可以帮你的吗？",
@@ -529,14 +530,24 @@ def arithmetic_turn(rng: random.Random, lang: str, ops: str = "".join(OPS)) -> t
     return turn, (a, op, b)
 
 
+def identity_question(prefix: str, frame: str, question: str) -> str:
+    return _prefixed(prefix, frame.format(q=question))
+
+
+def identity_heldout(text: str) -> bool:
+    return int.from_bytes(hashlib.sha256(("identity:" + text).encode()).digest()[:4], "big") % 100 < 15
+
+
 def identity_turn(rng: random.Random, lang: str) -> Turn:
-    question, kind = rng.choice(ID_ZH if lang == "zh" else ID_EN)
-    question = rng.choice(ID_FRAMES[lang][:-1]).format(q=question)
-    return chat_turn(_prefixed(rng.choice(ID_PREFIX[lang]), question), rng.choice(ID_REPLY[lang][kind]))
+    while True:
+        question, kind = rng.choice(ID_ZH if lang == "zh" else ID_EN)
+        text = identity_question(rng.choice(ID_PREFIX[lang]), rng.choice(ID_FRAMES[lang]), question)
+        if not identity_heldout(text):
+            return chat_turn(text, rng.choice(ID_REPLY[lang][kind]))
 
 
 def _prefixed(prefix: str, question: str) -> str:
-    if prefix.endswith(", ") and not question.startswith("I "):
+    if prefix.endswith(", ") and not question.startswith(("I ", "I'", "MOSS")):
         question = question[0].lower() + question[1:]
     return prefix + question
 
@@ -708,10 +719,9 @@ def _request_pool(lang: str, train: list[str], heldout: list[str]) -> list[str]:
 
 
 def eval_items(rng: random.Random, sizes: dict[str, int]) -> list[dict[str, Any]]:
-    identity = {lang: [_prefixed(p, q) for q in held for p in ID_PREFIX[lang] + ID_PREFIX_EVAL[lang]]
-                + [_prefixed(p, q) for q, _ in train for p in ID_PREFIX_EVAL[lang]]
-                + [_prefixed(p, ID_FRAMES[lang][-1].format(q=q)) for q, _ in train for p in ID_PREFIX[lang]]
-                for lang, held, train in (("zh", ID_ZH_EVAL, ID_ZH), ("en", ID_EN_EVAL, ID_EN))}
+    identity = {lang: [t for q, _ in questions for p in ID_PREFIX[lang] for f in ID_FRAMES[lang]
+                       if identity_heldout(t := identity_question(p, f, q))]
+                for lang, questions in (("zh", ID_ZH), ("en", ID_EN))}
     refusal = {"zh": _request_pool("zh", [h[0] for h in HARMFUL], [h[0] for h in HARMFUL_EVAL]),
                "en": _request_pool("en", [h[1] for h in HARMFUL], [h[1] for h in HARMFUL_EVAL])}
     benign = {"zh": _request_pool("zh", [b[0] for b in BENIGN], [b[0] for b in BENIGN_EVAL]),

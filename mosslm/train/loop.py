@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import model as modellib
+from ..paths import atomic_dir
 from ..model import MANIFEST, CheckpointError, verify_checkpoint, write_manifest
 from .config import TrainConfig
 from .data import IGNORE, Dataset, load_dataset
@@ -76,19 +76,12 @@ def save_training_checkpoint(run: Path, step: int, model, tokenizer, optimizer, 
     ckpt_dir = run / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step_{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:07d}.tmp-", dir=ckpt_dir))
-    try:
+    with atomic_dir(final) as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg)},
                    tmp / STATE_FILE)
         write_manifest(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in sorted(ckpt_dir.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
