@@ -120,7 +120,7 @@ def cmd_tokenizer_eval(args: argparse.Namespace) -> int:
 
     try:
         named = {name: load_any(name) for name in [args.tokenizer, *args.compare]}
-        texts = [t for path in args.text for t in read_texts(path)]
+        texts = [t for path in args.text for t in read_texts(path, messages=True)]
     except Exception as e:  # any unreadable tokenizer or text file: say which
         print(f"moss tokenizer eval: {e}", file=sys.stderr)
         return 1

@@ -101,14 +101,13 @@ def eval_table(named: dict[str, object], texts: list[str]) -> str:
 
     by_lang = {"zh": [t for t in texts if language_of(t) == "zh"], "en": [t for t in texts if language_of(t) == "en"]}
     names = list(named)
-    width = max(12, *(len(n) for n in names))
-    lines = [f"{'language':<10}{'metric':<18}" + "".join(f"{n:>{width + 2}}" for n in names)]
+    width = max(12, *(len(n) for n in names)) + 2
+    lines = [f"{'':<20}" + "".join(f"{n:>{width}}" for n in names)]
     for lang, subset in by_lang.items():
         stats = {n: compression(tok, subset) for n, tok in named.items()}
-        label = f"{'Chinese' if lang == 'zh' else 'English'} ({len(subset)})"
+        lines.append(f"{'Chinese' if lang == 'zh' else 'English'} ({len(subset)} texts)")
         for metric in ("bytes_per_token", "chars_per_token", "tokens"):
-            cells = "".join(f"{stats[n][metric]:>{width + 2}.3f}" if metric != "tokens" else f"{stats[n][metric]:>{width + 2}d}"
-                            for n in names)
-            lines.append(f"{label:<10}{metric:<18}{cells}" if metric == "bytes_per_token" else f"{'':<10}{metric:<18}{cells}")
-    lines.append("vocab size" + " " * 18 + "".join(f"{len(tok):>{width + 2}d}" for tok in named.values()))
+            fmt = "d" if metric == "tokens" else ".3f"
+            lines.append(f"  {metric:<18}" + "".join(f"{stats[n][metric]:>{width}{fmt}}" for n in names))
+    lines.append(f"{'vocab size':<20}" + "".join(f"{len(tok):>{width}d}" for tok in named.values()))
     return "\n".join(lines)

@@ -87,6 +87,9 @@ def load_config(path: str | None, overrides: list[str] = (), stage: str | None =
     data: dict[str, Any] = {}
     if path:
         p = Path(path)
+        packaged = Path(__file__).resolve().parents[1] / "configs" / p.name
+        if not p.exists() and packaged.exists():
+            p = packaged  # a config that ships with mosslm, by name
         if not p.exists():
             raise ValueError(f"config file not found: {p}")
         try:

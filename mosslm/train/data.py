@@ -20,9 +20,10 @@ from ..data.conversations import read_file
 IGNORE = -100
 
 
-def read_texts(path: str | Path) -> Iterator[str]:
+def read_texts(path: str | Path, messages: bool = False) -> Iterator[str]:
     """Plain texts of a file: .txt (blank-line separated), .jsonl/.json with
-    `{"text": ...}` records, or conversation files (their rendered training text)."""
+    `{"text": ...}` records, or conversation files (their rendered training
+    text, or with `messages` each user message and reply on its own)."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"training data not found: {p}")
@@ -41,7 +42,11 @@ def read_texts(path: str | Path) -> Iterator[str]:
                     raise ValueError(f"{p}:{number}: expected a JSON object with a 'text' string ({e})") from None
         return
     for _, conv in read_file(p):
-        yield conv.render()
+        if messages:
+            for turn in conv.turns:
+                yield from (t for t in (turn.human, turn.reply) if t)
+        else:
+            yield conv.render()
 
 
 def _first_record(p: Path):
