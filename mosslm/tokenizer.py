@@ -30,7 +30,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192, min_frequency:
                     show_progress: bool = False):
     """Train a byte-level BPE and wrap it as a transformers fast tokenizer."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([

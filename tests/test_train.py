@@ -1,6 +1,5 @@
 """The trainer: loss falls, kill + resume is exact, DDP matches one process, bad checkpoints are refused."""
 
-import json
 import os
 import signal
 import subprocess
