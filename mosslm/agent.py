@@ -73,7 +73,8 @@ class Agent:
     generator: TextGenerator
     speaks_moss: bool = True
     preset: str = "mosslm"
-    plugins: dict[str, Plugin] = field(default_factory=dict)
+    plugins: dict[str, Plugin] = field(default_factory=dict)      # enabled
+    available: dict[str, Plugin] = field(default_factory=lambda: dict(BUILTINS))
     params: SamplingParams = field(default_factory=SamplingParams)
     system: str | None = None           # a custom meta instruction / system prompt
     template: Callable[[list[dict], bool], str] | None = None  # foreign chat template renderer
@@ -87,16 +88,18 @@ class Agent:
     def meta(self) -> str:
         if self.system is not None:
             return self.system
-        return protocol.meta_instruction(self.preset, plugins=list(self.plugins))
+        builtin = [n for n in self.plugins if n in protocol.PLUGINS]
+        custom = [p.capability for n, p in self.plugins.items() if n not in protocol.PLUGINS]
+        return protocol.meta_instruction(self.preset, plugins=builtin, custom=custom)
 
     def clear(self) -> None:
         self.history = Conversation(self.meta())
 
     def set_plugins(self, names: list[str]) -> None:
-        unknown = [n for n in names if n not in BUILTINS]
+        unknown = [n for n in names if n not in self.available]
         if unknown:
-            raise ValueError(f"unknown plugin(s) {unknown}; available: {', '.join(BUILTINS)}")
-        self.plugins = {n: BUILTINS[n] for n in names}
+            raise ValueError(f"unknown plugin(s) {unknown}; available: {', '.join(self.available)}")
+        self.plugins = {n: self.available[n] for n in names}
         self.history.meta = self.meta()
 
     def set_system(self, text: str | None) -> None:

@@ -7,14 +7,13 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from . import protocol
 from .agent import Agent, ModelGenerator
 from .download import DownloadError, resolve
 from .engine import SamplingParams
 from .engine.generate import ContextTooLong
 from .model import METADATA_FILE, ModelLoadError, load
 from .paths import default_model_dir
-from .plugins.registry import BUILTINS
+from .plugins.registry import Plugin, PluginError, discover
 
 HELP = """commands:
   /clear                 forget the conversation
@@ -34,7 +33,7 @@ def no_default_model_message() -> str:
             "  Any local Hugging Face folder or .gguf file works too: moss chat --model PATH")
 
 
-def plugin_names(spec: str | None, model_path: Path) -> list[str] | None:
+def plugin_names(spec: str | None, model_path: Path, available: dict[str, Plugin]) -> list[str]:
     """`--plugins` value -> plugin names; None means the model's own default."""
     if spec is None:
         meta = model_path / METADATA_FILE if model_path.is_dir() else None
@@ -43,18 +42,18 @@ def plugin_names(spec: str | None, model_path: Path) -> list[str] | None:
         return []
     if spec.strip().lower() in ("", "none"):
         return []
-    by_lower = {n.lower(): n for n in BUILTINS}
+    by_lower = {n.lower(): n for n in available}
     names = []
     for part in spec.split(","):
         key = part.strip().lower()
         if key not in by_lower:
-            raise ChatError(f"unknown plugin {part.strip()!r}; available: {', '.join(BUILTINS)}")
+            raise ChatError(f"unknown plugin {part.strip()!r}; available: {', '.join(available)}")
         names.append(by_lower[key])
     return names
 
 
 def build_agent(model: str | None, plugins: str | None, params: SamplingParams,
-                system: str | None = None) -> Agent:
+                system: str | None = None, plugin_paths: list[str] = ()) -> Agent:
     if model is None:
         path = default_model_dir()
         if not path.exists():
@@ -74,7 +73,11 @@ def build_agent(model: str | None, plugins: str | None, params: SamplingParams,
     agent = Agent(ModelGenerator(loaded), speaks_moss=speaks_moss, preset=loaded.protocol or "moss",
                   params=params, system=system,
                   template=lambda msgs, gen: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen))
-    names = plugin_names(plugins, path)
+    try:
+        agent.available = discover(list(plugin_paths))
+    except PluginError as e:
+        raise ChatError(str(e)) from None
+    names = plugin_names(plugins, path, agent.available)
     if names and not speaks_moss:
         print("note: plugins need a model that speaks the MOSS protocol; this one uses its own "
               "chat template, so plugins are off", file=sys.stderr)
@@ -145,7 +148,7 @@ def command(agent: Agent, line: str, out: TextIO) -> bool:
             action, _, plugin = arg.partition(" ")
             current = list(agent.plugins)
             try:
-                wanted = plugin_names(plugin, Path("."))
+                wanted = plugin_names(plugin, Path("."), agent.available)
                 if action == "on":
                     if not agent.speaks_moss:
                         raise ChatError("this model uses its own chat template; plugins need the MOSS protocol")
@@ -156,9 +159,9 @@ def command(agent: Agent, line: str, out: TextIO) -> bool:
                     raise ChatError("usage: /plugins on NAME | /plugins off NAME")
             except ChatError as e:
                 out.write(f"error: {e}\n")
-        for plugin_name in BUILTINS:
+        for plugin_name, plugin in agent.available.items():
             state = "enabled" if plugin_name in agent.plugins else "disabled"
-            out.write(f"  {plugin_name:<12} {state}   API: {protocol.PLUGINS[plugin_name][1]}\n")
+            out.write(f"  {plugin_name:<12} {state}   API: {plugin.api}\n")
     elif name == "/system":
         if arg == "-":
             agent.set_system(None)

@@ -32,7 +32,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         print(f"moss chat: {e}", file=sys.stderr)
         return 2
     try:
-        agent = build_agent(args.model, args.plugins, params, system=args.system)
+        agent = build_agent(args.model, args.plugins, params, system=args.system, plugin_paths=args.plugin_path)
     except ChatError as e:
         print(f"moss chat: {e}", file=sys.stderr)
         return 2
@@ -170,6 +170,40 @@ def cmd_speedrun(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plugins_list(args: argparse.Namespace) -> int:
+    from .plugins.registry import BUILTINS, PluginError, discover
+
+    try:
+        found = discover(args.plugin_path)
+    except PluginError as e:
+        print(f"moss plugins: {e}", file=sys.stderr)
+        return 1
+    for name, plugin in found.items():
+        origin = "built-in" if BUILTINS.get(name) is plugin else "added"
+        print(f"{name:<12} {origin:<9} API: {plugin.api:<28} timeout {plugin.timeout:g}s  {plugin.description}")
+    return 0
+
+
+def cmd_plugins_run(args: argparse.Namespace) -> int:
+    from . import protocol
+    from .plugins.registry import PluginError, discover, run_commands
+
+    try:
+        found = discover(args.plugin_path)
+    except PluginError as e:
+        print(f"moss plugins: {e}", file=sys.stderr)
+        return 1
+    commands = protocol.parse_commands(args.commands)
+    if not commands:
+        print('moss plugins run: no command found; write e.g. Calculate("2+2"), Solve("x^2-4=0")', file=sys.stderr)
+        return 2
+    dropped = [c.name for c in commands if c.name not in found]
+    if dropped:
+        print(f"note: unknown plugin(s) dropped, as the agent does: {', '.join(dropped)}", file=sys.stderr)
+    sys.stdout.write(protocol.render_results_field(run_commands(commands, found)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moss", description="mosslm: build, tune and serve your own MOSS-style assistant.",
@@ -186,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "default: those the model was trained with")
     chat.add_argument("--system", help="system prompt / meta instruction to use instead of the default")
     chat.add_argument("--show-protocol", action="store_true", help="print the raw protocol text of each turn")
+    chat.add_argument("--plugin-path", action="append", default=[], metavar="FILE.py",
+                      help="load plugins from a Python file (repeatable)")
     _sampling_args(chat)
     chat.set_defaults(func=cmd_chat)
 
@@ -250,6 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("name", nargs="?", help="model name (see --list)")
     download.add_argument("--list", action="store_true", help="list known models")
     download.set_defaults(func=cmd_download)
+    plugins = verbs.add_parser("plugins", help="list and run plugins (tools)",
+                               description="Plugins are built in, installed (entry-point group mosslm.plugins) "
+                                           "or loaded from a file with --plugin-path.")
+    plugin_verbs = plugins.add_subparsers(dest="plugins_verb", metavar="ACTION")
+    plugins_list = plugin_verbs.add_parser("list", help="show the plugins that are available")
+    plugins_run = plugin_verbs.add_parser("run", help="run commands exactly as the agent would",
+                                          description="Run MOSS commands and print the exact Results block.")
+    plugins_run.add_argument("commands", help='e.g. \'Calculate("2^10"), Solve("x^2-4=0")\'')
+    for sub in (plugins_list, plugins_run):
+        sub.add_argument("--plugin-path", action="append", default=[], metavar="FILE.py")
+    plugins_list.set_defaults(func=cmd_plugins_list)
+    plugins_run.set_defaults(func=cmd_plugins_run)
+    plugins.set_defaults(func=lambda a: (plugins.print_help(), 2)[1])
+
     speed = verbs.add_parser("speedrun", help="build your own model end to end (corpus -> chat)",
                              description="Generate the corpus, train the tokenizer, pretrain, fine-tune, run the "
                                          "quick eval and write report.md; the model becomes the default model.")

@@ -98,31 +98,37 @@ def contains_protected(text: str) -> bool:
 
 # ---------------------------------------------------------------- meta instruction
 
-def capability_lines(plugins: Iterable[str] = (), inner_thoughts: bool | None = None) -> str:
-    """The capability block: one line per plugin, enabled ones with their API."""
-    enabled = set(plugins)
+def capability_lines(plugins: Iterable[str] = (), inner_thoughts: bool | None = None,
+                     custom: Iterable[tuple[str, str]] = ()) -> str:
+    """The capability block: one line per plugin, enabled ones with their API.
+
+    `custom` adds (label, API) lines for plugins beyond MOSS's own four,
+    after them, in the same form.
+    """
+    enabled, custom = set(plugins), list(custom)
     unknown = enabled - set(PLUGINS)
     if unknown:
         raise ProtocolError(f"unknown plugin(s): {', '.join(sorted(unknown))}; "
                             f"known: {', '.join(PLUGINS)}")
     if inner_thoughts is None:
-        inner_thoughts = bool(enabled)
+        inner_thoughts = bool(enabled or custom)
     lines = [f"- Inner thoughts: {'enabled' if inner_thoughts else 'disabled'}.\n"]
     for name, (label, api, _) in PLUGINS.items():
         lines.append(f"- {label}: enabled. API: {api}\n" if name in enabled else f"- {label}: disabled.\n")
+    lines += [f"- {label}: enabled. API: {api}\n" for label, api in custom]
     lines += [f"- {label}: disabled.\n" for label in ALWAYS_DISABLED]
     return "".join(lines)
 
 
 def meta_instruction(preset: str = "moss", plugins: Iterable[str] = (),
                      inner_thoughts: bool | None = None, date: str | None = None,
-                     with_capabilities: bool = True) -> str:
+                     with_capabilities: bool = True, custom: Iterable[tuple[str, str]] = ()) -> str:
     """Build a meta instruction: preset header, capability lines, optional date."""
     if preset not in PRESETS:
         raise ProtocolError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     text = PRESETS[preset]
     if with_capabilities:
-        text += capability_lines(plugins, inner_thoughts)
+        text += capability_lines(plugins, inner_thoughts, custom)
     if date:
         text += f"- Current date: {date}.\n"
     return text

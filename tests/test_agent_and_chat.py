@@ -104,12 +104,12 @@ class Scripted:
 
 
 def test_unknown_disabled_and_failing_tools_never_crash_the_turn():
-    def boom(command):
+    def boom(arg):
         raise RuntimeError("tool crashed")
 
-    slow = Plugin("Slow", lambda c: __import__("time").sleep(2) or "late\n", lambda c: f"{c} => 'No result.'\n",
-                  timeout=0.2)
-    broken = Plugin("Calculate", boom, lambda c: protocol.calculate_block(c, None))
+    slow = Plugin("Slow", lambda a: __import__("time").sleep(2) or "late", timeout=0.2,
+                  block=lambda c, v: f"{c} => '{v or 'No result.'}'\n")
+    broken = Plugin("Calculate", boom, block=protocol.calculate_block)
     cmds = protocol.parse_commands('Calculate("1+1"), Search("x"), Slow("y"), Teleport("z")')
     results = run_commands(cmds, {"Calculate": broken, "Slow": slow})
     assert results == "Calculate(\"1+1\") => 'No result.'\nSlow(\"y\") => 'No result.'\n"

@@ -1,38 +1,121 @@
-"""Plugins the agent can run: a name, the protocol block it returns, a timeout.
+"""Plugins the agent can run, and how they are found.
 
-Each built-in returns its result block in the exact format of the original
-MOSS tools (see `protocol`), so real MOSS plugin checkpoints read them as trained.
+A plugin is a command name with its MOSS capability line and API, a
+description and JSON schema (the OpenAI `tools` view), and a run function
+with a timeout. Built-ins return their results in the exact format of the
+original MOSS tools (see `protocol`), so real MOSS plugin checkpoints read
+them as trained. Others come from the `mosslm.plugins` entry-point group or
+from a Python file (`--plugin-path FILE.py`) that defines `PLUGIN` or `PLUGINS`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Callable
 
 from .. import protocol
 from ..protocol import Command
 
+ENTRY_POINT_GROUP = "mosslm.plugins"
+
+
+def _generic_block(command: Command, value: str | None) -> str:
+    return f"{command} => {protocol.escape(value) if value is not None else 'No result.'}\n"
+
 
 @dataclass(frozen=True)
 class Plugin:
-    name: str                              # the command name, e.g. "Calculate"
-    run: Callable[[Command], str]          # returns the protocol result block
-    failure: Callable[[Command], str]      # the block for an error or timeout
+    name: str                                   # the command name, e.g. "Calculate"
+    run: Callable[[str], str | None]            # argument -> result text; None = no result
+    label: str = ""                             # capability label, e.g. "Calculator"
+    arg_name: str = "input"                     # the API's argument, e.g. "expression"
+    description: str = ""
     timeout: float = 10.0
+    block: Callable[[Command, str | None], str] = field(default=_generic_block)  # protocol result block
+
+    @property
+    def api(self) -> str:
+        return f"{self.name}({self.arg_name})"
+
+    @property
+    def capability(self) -> tuple[str, str]:
+        return (self.label or self.name, self.api)
+
+    def json_schema(self) -> dict:
+        return {"type": "object", "properties": {self.arg_name: {"type": "string"}}, "required": [self.arg_name]}
+
+    def openai_tool(self) -> dict:
+        return {"type": "function", "function": {"name": self.name, "description": self.description,
+                                                 "parameters": self.json_schema()}}
+
+    def execute(self, command: Command) -> str:
+        """The result block; a tool that raises gives the protocol's no-result form."""
+        try:
+            value = self.run(command.arg)
+        except Exception:  # a broken tool must not break the conversation
+            value = None
+        return self.block(command, value)
 
 
-def _calculate(command: Command) -> str:
-    from .calculator import calculate
+def _calculate(expression: str) -> str | None:
+    from .calculator import NO_RESULT, calculate
 
-    value = calculate(command.arg)
-    return protocol.calculate_block(command, None if value == "No result." else value)
+    value = calculate(expression)
+    return None if value == NO_RESULT else value
+
+
+def _builtin(name: str, run: Callable[[str], str | None], description: str, timeout: float,
+             block: Callable[[Command, str | None], str]) -> Plugin:
+    label, _, arg_name = protocol.PLUGINS[name]
+    return Plugin(name, run, label, arg_name, description, timeout, block)
 
 
 BUILTINS: dict[str, Plugin] = {
-    "Calculate": Plugin("Calculate", _calculate, lambda c: protocol.calculate_block(c, None), timeout=5.0),
+    "Calculate": _builtin("Calculate", _calculate, "Evaluate an arithmetic expression: + - * / ^, "
+                          "parentheses, sqrt, sin, log, pi, e and other math functions.", 5.0,
+                          protocol.calculate_block),
 }
+
+
+class PluginError(ValueError):
+    pass
+
+
+def load_file(path: str | Path) -> list[Plugin]:
+    """Plugins defined in one Python file (`PLUGIN = Plugin(...)` or `PLUGINS = [...]`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise PluginError(f"plugin file not found: {p}")
+    spec = importlib.util.spec_from_file_location(f"mosslm_user_plugin_{p.stem}", p)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise PluginError(f"{p}: the plugin file failed to load: {e}") from e
+    found = list(getattr(module, "PLUGINS", [])) + ([module.PLUGIN] if hasattr(module, "PLUGIN") else [])
+    if not found or not all(isinstance(x, Plugin) for x in found):
+        raise PluginError(f"{p}: define PLUGIN = Plugin(...) or PLUGINS = [Plugin(...), ...]")
+    return found
+
+
+def discover(plugin_paths: list[str] = ()) -> dict[str, Plugin]:
+    """Built-ins, then installed entry points, then files; later names override earlier ones."""
+    found = dict(BUILTINS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        obj = ep.load()
+        obj = obj() if callable(obj) and not isinstance(obj, Plugin) else obj
+        for plugin in obj if isinstance(obj, (list, tuple)) else [obj]:
+            found[plugin.name] = plugin
+    for path in plugin_paths:
+        for plugin in load_file(path):
+            found[plugin.name] = plugin
+    return found
+
 
 _pool = ThreadPoolExecutor(max_workers=protocol.MAX_COMMANDS, thread_name_prefix="moss-plugin")
 
@@ -44,14 +127,14 @@ def run_commands(commands: list[Command], enabled: dict[str, Plugin]) -> str | N
     `No result.` form; a tool can never crash the turn.
     """
     runnable = [(c, enabled[c.name]) for c in commands[:protocol.MAX_COMMANDS] if c.name in enabled]
-    futures = [(c, p, _pool.submit(p.run, c)) for c, p in runnable]
+    futures = [(c, p, _pool.submit(p.execute, c)) for c, p in runnable]
     blocks = []
     for command, plugin, future in futures:
         try:
             blocks.append((command, future.result(timeout=plugin.timeout)))
         except FutureTimeout:
             future.cancel()
-            blocks.append((command, plugin.failure(command)))
-        except Exception:  # a broken tool must not break the conversation
-            blocks.append((command, plugin.failure(command)))
+            blocks.append((command, plugin.block(command, None)))
+        except Exception:
+            blocks.append((command, plugin.block(command, None)))
     return protocol.order_results(blocks)
