@@ -204,6 +204,34 @@ def cmd_plugins_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kb_add(args: argparse.Namespace) -> int:
+    from .plugins.kb import KBError, add, kb_path
+
+    try:
+        counts = add(args.kb, args.paths)
+    except KBError as e:
+        print(f"moss kb add: {e}", file=sys.stderr)
+        return 1
+    print(f"{kb_path(args.kb)}: {counts['added']} files added, {counts['replaced']} replaced, "
+          f"{counts['unchanged']} unchanged, {counts['chunks']} chunks written")
+    return 0
+
+
+def cmd_kb_search(args: argparse.Namespace) -> int:
+    from .plugins.kb import KBError, search
+
+    try:
+        hits = search(args.kb, args.query, k=args.k)
+    except KBError as e:
+        print(f"moss kb search: {e}", file=sys.stderr)
+        return 1
+    for i, hit in enumerate(hits, 1):
+        print(f"[{i}] {hit.title}  ({hit.url})  score {-hit.score:.3f}\n    {' '.join(hit.text.split())}")
+    if not hits:
+        print("no hits")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moss", description="mosslm: build, tune and serve your own MOSS-style assistant.",
@@ -299,6 +327,21 @@ def build_parser() -> argparse.ArgumentParser:
     plugins_list.set_defaults(func=cmd_plugins_list)
     plugins_run.set_defaults(func=cmd_plugins_run)
     plugins.set_defaults(func=lambda a: (plugins.print_help(), 2)[1])
+
+    kb = verbs.add_parser("kb", help="local knowledge bases for the Search plugin",
+                          description="Index files into a SQLite FTS5 knowledge base (trigram tokenizer: "
+                                      "Chinese and English alike) and search it.")
+    kb_verbs = kb.add_subparsers(dest="kb_verb", metavar="ACTION")
+    kb_add = kb_verbs.add_parser("add", help="index .txt/.md/.html/.jsonl files or folders")
+    kb_add.add_argument("paths", nargs="+", metavar="FILE")
+    kb_add.add_argument("--kb", default="default", help="knowledge base name (default: default)")
+    kb_add.set_defaults(func=cmd_kb_add)
+    kb_search = kb_verbs.add_parser("search", help="print the best passages for a query")
+    kb_search.add_argument("kb", help="knowledge base name")
+    kb_search.add_argument("query")
+    kb_search.add_argument("-k", type=int, default=3)
+    kb_search.set_defaults(func=cmd_kb_search)
+    kb.set_defaults(func=lambda a: (kb.print_help(), 2)[1])
 
     speed = verbs.add_parser("speedrun", help="build your own model end to end (corpus -> chat)",
                              description="Generate the corpus, train the tokenizer, pretrain, fine-tune, run the "

@@ -11,6 +11,7 @@ from a Python file (`--plugin-path FILE.py`) that defines `PLUGIN` or `PLUGINS`.
 from __future__ import annotations
 
 import importlib.util
+import re
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -75,7 +76,25 @@ def _builtin(name: str, run: Callable[[str], str | None], description: str, time
     return Plugin(name, run, label, arg_name, description, timeout, block)
 
 
+def _kb_search(query: str) -> str | None:
+    """Top-3 snippets from the local knowledge base ($MOSSLM_KB, default "default"), one per line."""
+    import os
+
+    from .kb import search
+
+    hits = search(os.environ.get("MOSSLM_KB", "default"), query, k=3)
+    return "\n".join(" ".join(h.text.split()) for h in hits) or None
+
+
+def _search_block(command: Command, value: str | None) -> str:
+    if value is None:
+        return f"{command} =>\nNo result.\n"
+    return protocol.search_block(command, value.split("\n"))
+
+
 BUILTINS: dict[str, Plugin] = {
+    "Search": _builtin("Search", _kb_search, "Search the local knowledge base (moss kb add) and return the "
+                       "top 3 passages.", 10.0, _search_block),
     "Calculate": _builtin("Calculate", _calculate, "Evaluate an arithmetic expression: + - * / ^, "
                           "parentheses, sqrt, sin, log, pi, e and other math functions.", 5.0,
                           protocol.calculate_block),
@@ -137,4 +156,11 @@ def run_commands(commands: list[Command], enabled: dict[str, Plugin]) -> str | N
             blocks.append((command, plugin.block(command, None)))
         except Exception:
             blocks.append((command, plugin.block(command, None)))
-    return protocol.order_results(blocks)
+    return protocol.order_results(_renumber_search(blocks))
+
+
+def _renumber_search(blocks: list[tuple[Command, str]]) -> list[tuple[Command, str]]:
+    """Search snippet indices continue across several Search calls in one turn."""
+    counter = iter(range(1, 1000))
+    return [(c, re.sub(r"(?m)^<\|\d+\|>: ", lambda m: f"<|{next(counter)}|>: ", b) if c.name == "Search" else b)
+            for c, b in blocks]
