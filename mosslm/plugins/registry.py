@@ -76,14 +76,19 @@ def _builtin(name: str, run: Callable[[str], str | None], description: str, time
     return Plugin(name, run, label, arg_name, description, timeout, block)
 
 
-def _kb_search(query: str) -> str | None:
-    """Top-3 snippets from the local knowledge base ($MOSSLM_KB, default "default"), one per line."""
+def _search(query: str) -> str | None:
+    """Top-3 snippets, one per line: from the web when a backend is configured
+    (see websearch), else from the local knowledge base ($MOSSLM_KB, default "default")."""
     import os
 
     from .kb import search
+    from .websearch import configured_backend, web_search
 
-    hits = search(os.environ.get("MOSSLM_KB", "default"), query, k=3)
-    return "\n".join(" ".join(h.text.split()) for h in hits) or None
+    if configured_backend():
+        texts = [h.snippet for h in web_search(query)]
+    else:
+        texts = [h.text for h in search(os.environ.get("MOSSLM_KB", "default"), query, k=3)]
+    return "\n".join(" ".join(t.split()) for t in texts) or None
 
 
 def _search_block(command: Command, value: str | None) -> str:
@@ -93,8 +98,8 @@ def _search_block(command: Command, value: str | None) -> str:
 
 
 BUILTINS: dict[str, Plugin] = {
-    "Search": _builtin("Search", _kb_search, "Search the local knowledge base (moss kb add) and return the "
-                       "top 3 passages.", 10.0, _search_block),
+    "Search": _builtin("Search", _search, "Search the web (SearXNG or Serper, when configured) or the local "
+                       "knowledge base (moss kb add) and return the top 3 passages.", 10.0, _search_block),
     "Calculate": _builtin("Calculate", _calculate, "Evaluate an arithmetic expression: + - * / ^, "
                           "parentheses, sqrt, sin, log, pi, e and other math functions.", 5.0,
                           protocol.calculate_block),
