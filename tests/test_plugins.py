@@ -118,3 +118,10 @@ def test_calculator_fuzz_never_raises_or_hangs(expression):
     assert isinstance(result, str) and result
     if any(bad in expression for bad in ("__import__", "lambda", "open", ".__class__")):
         assert result == "No result."
+
+
+def test_solve_plugin_block_matches_the_protocol_example():
+    command = protocol.Command("Solve", "y=(5/4)*(x-y);y-40=(1/10)*(x-y+40)")
+    assert run_commands([command], BUILTINS) == (
+        'Solve("y=(5/4)*(x-y);y-40=(1/10)*(x-y+40)") =>\nx = 86.0869565217391\ny = 47.8260869565217\n')
+    assert run_commands([protocol.Command("Solve", "x=x+1")], BUILTINS) == 'Solve("x=x+1") =>\nNo result.\n'

@@ -97,12 +97,20 @@ def _search_block(command: Command, value: str | None) -> str:
     return protocol.search_block(command, value.split("\n"))
 
 
+def _solve(equations: str) -> str | None:
+    from .solve import solve
+
+    return solve(equations, timeout=8.0)
+
+
 BUILTINS: dict[str, Plugin] = {
     "Search": _builtin("Search", _search, "Search the web (SearXNG or Serper, when configured) or the local "
                        "knowledge base (moss kb add) and return the top 3 passages.", 10.0, _search_block),
     "Calculate": _builtin("Calculate", _calculate, "Evaluate an arithmetic expression: + - * / ^, "
                           "parentheses, sqrt, sin, log, pi, e and other math functions.", 5.0,
                           protocol.calculate_block),
+    "Solve": _builtin("Solve", _solve, "Solve an equation or a system of equations separated by ';', "
+                      "e.g. x^2-4=0 or 2x+y=5;x-y=1.", 10.0, protocol.solve_block),
 }
 
 
