@@ -71,16 +71,7 @@ def _solve_now(text: str) -> str | None:
     """The sympy part; runs inside the child process."""
     import sympy
     from sympy.core.function import AppliedUndef
-    from sympy.parsing.sympy_parser import (
-        _token_splittable,
-        convert_xor,
-        function_exponentiation,
-        implicit_application,
-        implicit_multiplication,
-        parse_expr,
-        split_symbols_custom,
-        standard_transformations,
-    )
+    from sympy.parsing import sympy_parser as sp
 
     names = {"sqrt": sympy.sqrt, "sin": sympy.sin, "cos": sympy.cos,
              "tan": sympy.tan, "log": sympy.log, "ln": sympy.log,
@@ -88,13 +79,14 @@ def _solve_now(text: str) -> str | None:
     glob = {"__builtins__": {}, "Integer": sympy.Integer, "Float": sympy.Float,
             "Rational": sympy.Rational, "Symbol": sympy.Symbol, "Number": sympy.Number}
     # implicit_multiplication_application, except that names with digits stay whole
-    split = split_symbols_custom(lambda n: n.isalpha() and _token_splittable(n))
-    trans = standard_transformations + (split, implicit_multiplication, implicit_application,
-                                        function_exponentiation, convert_xor)
+    split = sp.split_symbols_custom(lambda n: n.isalpha() and sp._token_splittable(n))
+    trans = sp.standard_transformations + (split, sp.implicit_multiplication,
+                                           sp.implicit_application, sp.function_exponentiation,
+                                           sp.convert_xor)
 
     def parse(s: str):
-        expr = parse_expr(s, local_dict=dict(names), global_dict=dict(glob),
-                          transformations=trans)
+        expr = sp.parse_expr(s, local_dict=dict(names), global_dict=dict(glob),
+                             transformations=trans)
         if not isinstance(expr, sympy.Expr) or expr.atoms(AppliedUndef):
             raise SolveError("not an expression")
         return expr
