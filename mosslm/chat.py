@@ -13,7 +13,7 @@ from .engine import SamplingParams
 from .engine.generate import ContextTooLong
 from .model import METADATA_FILE, ModelLoadError, load
 from .paths import default_model_dir
-from .plugins.registry import Plugin, PluginError, discover
+from .plugins.registry import Plugin, PluginError, disabled_reason, discover
 
 HELP = """commands:
   /clear                 forget the conversation
@@ -48,6 +48,9 @@ def plugin_names(spec: str | None, model_path: Path, available: dict[str, Plugin
         key = part.strip().lower()
         if key not in by_lower:
             raise ChatError(f"unknown plugin {part.strip()!r}; available: {', '.join(available)}")
+        reason = disabled_reason(by_lower[key])
+        if reason:
+            raise ChatError(f"plugin {by_lower[key]} is disabled: {reason}")
         names.append(by_lower[key])
     return names
 

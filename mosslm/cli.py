@@ -171,7 +171,7 @@ def cmd_speedrun(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins_list(args: argparse.Namespace) -> int:
-    from .plugins.registry import BUILTINS, PluginError, discover
+    from .plugins.registry import BUILTINS, PluginError, disabled_reason, discover
 
     try:
         found = discover(args.plugin_path)
@@ -180,7 +180,9 @@ def cmd_plugins_list(args: argparse.Namespace) -> int:
         return 1
     for name, plugin in found.items():
         origin = "built-in" if BUILTINS.get(name) is plugin else "added"
-        print(f"{name:<12} {origin:<9} API: {plugin.api:<28} timeout {plugin.timeout:g}s  {plugin.description}")
+        reason = disabled_reason(name) if origin == "built-in" else None
+        state = f"DISABLED: {reason}" if reason else plugin.description
+        print(f"{name:<12} {origin:<9} API: {plugin.api:<28} timeout {plugin.timeout:g}s  {state}")
     return 0
 
 

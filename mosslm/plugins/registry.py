@@ -103,6 +103,12 @@ def _solve(equations: str) -> str | None:
     return solve(equations, timeout=8.0)
 
 
+def _text2image(description: str) -> str | None:
+    from .text2image import text2image
+
+    return text2image(description)
+
+
 BUILTINS: dict[str, Plugin] = {
     "Search": _builtin("Search", _search, "Search the web (SearXNG or Serper, when configured) or the local "
                        "knowledge base (moss kb add) and return the top 3 passages.", 10.0, _search_block),
@@ -111,7 +117,17 @@ BUILTINS: dict[str, Plugin] = {
                           protocol.calculate_block),
     "Solve": _builtin("Solve", _solve, "Solve an equation or a system of equations separated by ';', "
                       "e.g. x^2-4=0 or 2x+y=5;x-y=1.", 10.0, protocol.solve_block),
+    "Text2Image": _builtin("Text2Image", _text2image, "Draw an image from a description (needs an image "
+                           "backend: MOSSLM_T2I_URL or MOSSLM_T2I_DIFFUSERS).", 150.0, protocol.text2image_block),
 }
+
+
+def disabled_reason(name: str) -> str | None:
+    """Why a built-in cannot run here (None when it can)."""
+    if name == "Text2Image":
+        from .text2image import disabled_reason as reason
+        return reason()
+    return None
 
 
 class PluginError(ValueError):

@@ -15,13 +15,14 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
+from .http import HttpError as WebSearchError
+from .http import fetch_json
+
 MAX_BYTES = 2_000_000
 MAX_RESULTS = 3
 TIMEOUT = 8.0
 
 
-class WebSearchError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -31,35 +32,9 @@ class WebHit:
     snippet: str
 
 
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if urllib.parse.urlparse(newurl).scheme not in ("http", "https"):
-            raise WebSearchError(f"refused a redirect to {newurl!r}")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-_opener = urllib.request.build_opener(_HttpOnlyRedirects)
-
-
-def _fetch_json(request: urllib.request.Request, timeout: float) -> object:
-    if urllib.parse.urlparse(request.full_url).scheme not in ("http", "https"):
-        raise WebSearchError(f"only http(s) URLs are allowed: {request.full_url}")
-    try:
-        with _opener.open(request, timeout=timeout) as response:
-            body = response.read(MAX_BYTES + 1)
-    except OSError as e:  # URLError, timeouts, connection resets
-        raise WebSearchError(f"search request failed: {e}") from None
-    if len(body) > MAX_BYTES:
-        raise WebSearchError(f"search response larger than {MAX_BYTES} bytes")
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WebSearchError(f"search response is not JSON: {e}") from None
-
-
 def searxng(base_url: str, query: str, k: int = MAX_RESULTS, timeout: float | None = None) -> list[WebHit]:
     url = base_url.rstrip("/") + "/search?" + urllib.parse.urlencode({"q": query, "format": "json"})
-    data = _fetch_json(urllib.request.Request(url, headers={"Accept": "application/json"}), timeout or TIMEOUT)
+    data = fetch_json(urllib.request.Request(url, headers={"Accept": "application/json"}), timeout or TIMEOUT, MAX_BYTES)
     results = data.get("results") if isinstance(data, dict) else None
     if not isinstance(results, list):
         raise WebSearchError("SearXNG answer has no 'results' list")
@@ -70,7 +45,7 @@ def serper(api_key: str, query: str, k: int = MAX_RESULTS, timeout: float | None
            endpoint: str = "https://google.serper.dev/search") -> list[WebHit]:
     request = urllib.request.Request(endpoint, data=json.dumps({"q": query, "num": k}).encode(), method="POST",
                                      headers={"X-API-KEY": api_key, "Content-Type": "application/json"})
-    data = _fetch_json(request, timeout or TIMEOUT)
+    data = fetch_json(request, timeout or TIMEOUT, MAX_BYTES)
     results = data.get("organic") if isinstance(data, dict) else None
     if not isinstance(results, list):
         raise WebSearchError("Serper answer has no 'organic' list")
