@@ -16,7 +16,7 @@ from . import protocol
 from .engine import Generation, SamplingParams, stream
 from .engine.generate import ContextTooLong
 from .model import LoadedModel
-from .plugins.registry import BUILTINS, Plugin, run_commands
+from .plugins.registry import BUILTINS, Plugin, run_commands_with_sources
 from .protocol import Conversation, Turn
 
 
@@ -178,7 +178,7 @@ class Agent:
         turn.thoughts, turn.commands = protocol.parse_first_pass(first)
         if turn.commands is not None:
             yield Event("commands", turn.commands)
-        turn.results = run_commands(turn.parsed_commands(), self.plugins)
+        turn.results, sources = run_commands_with_sources(turn.parsed_commands(), self.plugins)
         if turn.results is not None:
             yield Event("results", turn.results)
         # Second pass: the model reads the tool results and writes the reply.
@@ -186,3 +186,8 @@ class Agent:
         second = (partial.meta + "".join(t.render() for t in partial.turns)) + f"{protocol.MOSS}:"
         reply = yield from self._generate(second, protocol.reply_stop(), "text")
         turn.reply = reply.strip()
+        cited = protocol.citations(turn.reply)
+        for n in cited:
+            if 1 <= n <= len(sources):
+                title, url = sources[n - 1]
+                yield Event("citation", f"[{n}] {title} {url}".rstrip())

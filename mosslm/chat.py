@@ -92,7 +92,7 @@ def build_agent(model: str | None, plugins: str | None, params: SamplingParams,
 def answer(agent: Agent, message: str, out: TextIO, show_protocol: bool = False,
            notes: TextIO | None = None) -> str:
     """Stream one reply to `out` (tool activity to `notes`); return the reply text."""
-    reply = []
+    reply, sources = [], []
     notes = notes or out
     dim = notes.isatty()
     for event in agent.send(message):
@@ -105,10 +105,12 @@ def answer(agent: Agent, message: str, out: TextIO, show_protocol: bool = False,
             text = f"[{label}] {event.text.strip()}\n"
             notes.write(f"\033[2m{text}\033[0m" if dim else text)
             notes.flush()
+        elif event.kind == "citation":
+            sources.append(event.text)
         elif event.kind == "protocol" and show_protocol:
             out.write("\n--- protocol ---\n" + event.text + ("" if event.text.endswith("\n") else "\n")
                       + "--- end ---")
-    out.write("\n")
+    out.write("\n" + "".join(f"{s}\n" for s in sources))  # where the cited <sup><|n|></sup> come from
     out.flush()
     return "".join(reply).strip()
 

@@ -321,6 +321,12 @@ def text2image_block(command: Command, message: str | None) -> str:
 
 
 RESULT_ORDER = ("Search", "Calculate", "Solve", "Text2Image")
+_CITATION_RE = re.compile(r"<sup><\|(\d+)\|></sup>")
+
+
+def citations(reply: str) -> list[int]:
+    """The search result numbers a reply cites with `<sup><|n|></sup>`, in first-use order."""
+    return list(dict.fromkeys(int(n) for n in _CITATION_RE.findall(reply)))
 
 
 def order_results(blocks: list[tuple[Command, str]]) -> str | None:

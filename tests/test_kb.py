@@ -71,3 +71,25 @@ def test_search_plugin_blocks_number_across_calls(home, monkeypatch):
     for line in results.splitlines():
         if line.startswith("<|"):
             assert len(line) <= 400 + 10
+
+
+def test_citations_map_back_to_titles_and_urls(home, monkeypatch):
+    import io
+
+    from mosslm.agent import Agent
+    from mosslm.chat import answer
+    from mosslm.engine import SamplingParams
+    from test_plugins import Scripted
+
+    kb.add("t", [str(home)])
+    monkeypatch.setenv("MOSSLM_KB", "t")
+    gen = Scripted([' 查一下。<eot>\n<|Commands|>: Search("长城"), Search("西湖 杭州")',
+                    " 长城很长<sup><|1|></sup>，西湖在杭州<sup><|2|></sup>。"])
+    agent = Agent(gen, preset="mosslm", params=SamplingParams(temperature=0.0))
+    agent.set_plugins(["Search"])
+    out = io.StringIO()
+    reply = answer(agent, "长城和西湖", out, notes=io.StringIO())
+    assert reply == "长城很长<sup><|1|></sup>，西湖在杭州<sup><|2|></sup>。"
+    lines = out.getvalue().splitlines()
+    assert lines[-2].startswith("[1] 长城 file://") and lines[-1] == "[2] 西湖 https://example.org/xihu"
+    assert protocol.citations(reply) == [1, 2]

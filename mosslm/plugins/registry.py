@@ -25,6 +25,17 @@ from ..protocol import Command
 ENTRY_POINT_GROUP = "mosslm.plugins"
 
 
+class Sourced(str):
+    """Result text that also carries its sources, one (title, url) per snippet line."""
+
+    sources: list[tuple[str, str]]
+
+    def __new__(cls, text: str, sources: list[tuple[str, str]]):
+        obj = super().__new__(cls, text)
+        obj.sources = sources
+        return obj
+
+
 def _generic_block(command: Command, value: str | None) -> str:
     return f"{command} => {protocol.escape(value) if value is not None else 'No result.'}\n"
 
@@ -54,13 +65,13 @@ class Plugin:
         return {"type": "function", "function": {"name": self.name, "description": self.description,
                                                  "parameters": self.json_schema()}}
 
-    def execute(self, command: Command) -> str:
-        """The result block; a tool that raises gives the protocol's no-result form."""
+    def execute(self, command: Command) -> tuple[str, list[tuple[str, str]]]:
+        """The result block and its sources; a tool that raises gives the protocol's no-result form."""
         try:
             value = self.run(command.arg)
         except Exception:  # a broken tool must not break the conversation
             value = None
-        return self.block(command, value)
+        return self.block(command, value), list(getattr(value, "sources", []))
 
 
 def _calculate(expression: str) -> str | None:
@@ -85,10 +96,12 @@ def _search(query: str) -> str | None:
     from .websearch import configured_backend, web_search
 
     if configured_backend():
-        texts = [h.snippet for h in web_search(query)]
+        hits = [(h.snippet, h.title, h.url) for h in web_search(query)]
     else:
-        texts = [h.text for h in search(os.environ.get("MOSSLM_KB", "default"), query, k=3)]
-    return "\n".join(" ".join(t.split()) for t in texts) or None
+        hits = [(h.text, h.title, h.url) for h in search(os.environ.get("MOSSLM_KB", "default"), query, k=3)]
+    if not hits:
+        return None
+    return Sourced("\n".join(" ".join(t.split()) for t, _, _ in hits), [(title, url) for _, title, url in hits])
 
 
 def _search_block(command: Command, value: str | None) -> str:
@@ -174,18 +187,29 @@ def run_commands(commands: list[Command], enabled: dict[str, Plugin]) -> str | N
     A tool that raises or overruns its timeout yields the protocol's
     `No result.` form; a tool can never crash the turn.
     """
+    return run_commands_with_sources(commands, enabled)[0]
+
+
+def run_commands_with_sources(commands: list[Command], enabled: dict[str, Plugin]
+                              ) -> tuple[str | None, list[tuple[str, str]]]:
+    """As run_commands, plus the (title, url) behind each citation number <|n|>."""
     runnable = [(c, enabled[c.name]) for c in commands[:protocol.MAX_COMMANDS] if c.name in enabled]
     futures = [(c, p, _pool.submit(p.execute, c)) for c, p in runnable]
-    blocks = []
+    results: list[tuple[Command, str, list[tuple[str, str]]]] = []
     for command, plugin, future in futures:
         try:
-            blocks.append((command, future.result(timeout=plugin.timeout)))
+            block, sources = future.result(timeout=plugin.timeout)
         except FutureTimeout:
             future.cancel()
-            blocks.append((command, plugin.block(command, None)))
+            block, sources = plugin.block(command, None), []
         except Exception:
-            blocks.append((command, plugin.block(command, None)))
-    return protocol.order_results(_renumber_search(blocks))
+            block, sources = plugin.block(command, None), []
+        results.append((command, block, sources))
+    rank = {n: i for i, n in enumerate(protocol.RESULT_ORDER)}
+    results.sort(key=lambda r: rank.get(r[0].name, len(rank)))  # the order the blocks are shown in
+    citations = [src for command, _, sources in results if command.name == "Search" for src in sources]
+    text = protocol.order_results(_renumber_search([(c, b) for c, b, _ in results]))
+    return text, citations
 
 
 def _renumber_search(blocks: list[tuple[Command, str]]) -> list[tuple[Command, str]]:
