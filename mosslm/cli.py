@@ -170,13 +170,21 @@ def cmd_speedrun(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plugins_list(args: argparse.Namespace) -> int:
-    from .plugins.registry import BUILTINS, PluginError, disabled_reason, discover
+def _discover_plugins(args: argparse.Namespace) -> dict | None:
+    from .plugins.registry import PluginError, discover
 
     try:
-        found = discover(args.plugin_path)
+        return discover(args.plugin_path)
     except PluginError as e:
         print(f"moss plugins: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_plugins_list(args: argparse.Namespace) -> int:
+    from .plugins.registry import BUILTINS, disabled_reason
+
+    found = _discover_plugins(args)
+    if found is None:
         return 1
     for name, plugin in found.items():
         origin = "built-in" if BUILTINS.get(name) is plugin else "added"
@@ -188,12 +196,10 @@ def cmd_plugins_list(args: argparse.Namespace) -> int:
 
 def cmd_plugins_run(args: argparse.Namespace) -> int:
     from . import protocol
-    from .plugins.registry import PluginError, discover, run_commands
+    from .plugins.registry import run_commands
 
-    try:
-        found = discover(args.plugin_path)
-    except PluginError as e:
-        print(f"moss plugins: {e}", file=sys.stderr)
+    found = _discover_plugins(args)
+    if found is None:
         return 1
     commands = protocol.parse_commands(args.commands)
     if not commands:

@@ -329,11 +329,14 @@ def citations(reply: str) -> list[int]:
     return list(dict.fromkeys(int(n) for n in _CITATION_RE.findall(reply)))
 
 
+def result_rank(name: str) -> int:
+    """Position of a plugin's results in the production order (others last, stably)."""
+    return RESULT_ORDER.index(name) if name in RESULT_ORDER else len(RESULT_ORDER)
+
+
 def order_results(blocks: list[tuple[Command, str]]) -> str | None:
     """Join result blocks in the production order; None when there are none."""
-    rank = {n: i for i, n in enumerate(RESULT_ORDER)}
-    ordered = sorted(blocks, key=lambda cb: rank.get(cb[0].name, len(rank)))
-    return "".join(b for _, b in ordered) or None
+    return "".join(b for _, b in sorted(blocks, key=lambda cb: result_rank(cb[0].name))) or None
 
 
 # ---------------------------------------------------------------- MOSS SFT JSON

@@ -205,8 +205,7 @@ def run_commands_with_sources(commands: list[Command], enabled: dict[str, Plugin
         except Exception:
             block, sources = plugin.block(command, None), []
         results.append((command, block, sources))
-    rank = {n: i for i, n in enumerate(protocol.RESULT_ORDER)}
-    results.sort(key=lambda r: rank.get(r[0].name, len(rank)))  # the order the blocks are shown in
+    results.sort(key=lambda r: protocol.result_rank(r[0].name))  # the order the blocks are shown in
     citations = [src for command, _, sources in results if command.name == "Search" for src in sources]
     text = protocol.order_results(_renumber_search([(c, b) for c, b, _ in results]))
     return text, citations

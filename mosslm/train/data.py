@@ -123,6 +123,8 @@ class Dataset:
     def __init__(self, rows: torch.Tensor | None = None, examples: list[SftExample] | None = None, seed: int = 0):
         self.rows, self.examples, self.seed = rows, examples, seed
         self._order: dict[int, torch.Tensor] = {}
+        # Tokens that carry loss (labels shifted by one), counted once per example.
+        self._targets = [sum(1 for label in e.labels[1:] if label != IGNORE) for e in examples] if examples else []
 
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else len(self.examples)
@@ -153,7 +155,7 @@ class Dataset:
         """Tokens that carry loss (labels shifted by one) in these examples."""
         if self.rows is not None:
             return len(indices) * (self.rows.shape[1] - 1)
-        return sum(sum(1 for label in self.examples[i].labels[1:] if label != IGNORE) for i in indices)
+        return sum(self._targets[i] for i in indices)
 
 
 def load_dataset(cfg, paths: list[str], tokenizer, seed: int) -> Dataset:
