@@ -9,11 +9,13 @@ Llama/Qwen/SmolLM folder or GGUF) get plain turns through their own template.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 from . import protocol
-from .engine import Generation, SamplingParams, stream
+from .engine import Generation, SamplingParams
+from .engine.engine import Engine, EngineConfig, RequestTooLarge
 from .engine.generate import ContextTooLong
 from .model import LoadedModel
 from .plugins.registry import BUILTINS, Plugin, run_commands_with_sources
@@ -31,11 +33,14 @@ class TextGenerator(Protocol):
 
 
 class ModelGenerator:
-    """A loaded checkpoint behind the TextGenerator interface."""
+    """A loaded checkpoint behind the TextGenerator interface, generating on the batching engine.
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    Several agents (the server's requests, the eval) may share one generator:
+    their generations run concurrently in the engine's batches.
+    """
+
+    def __init__(self, loaded: LoadedModel, engine_config: EngineConfig | None = None) -> None:
         self.loaded = loaded
-        self.context_length = loaded.context_length
         tok = loaded.tokenizer
         ids = set()
         gen_eos = getattr(loaded.model.generation_config, "eos_token_id", None)
@@ -49,6 +54,8 @@ class ModelGenerator:
             # the end-of-text token always stops.
             ids = {i for i in ids if tok.convert_ids_to_tokens(i) not in protocol.TERMINATORS}
         self.stop_token_ids = sorted(ids)
+        self.engine = Engine(loaded.model, tok, engine_config, stop_token_ids=self.stop_token_ids)
+        self.context_length = min(loaded.context_length, self.engine.max_seq_len)
 
     def encode(self, text: str) -> list[int]:
         return self.loaded.tokenizer.encode(text, add_special_tokens=False)
@@ -57,14 +64,23 @@ class ModelGenerator:
         return len(self.encode(text))
 
     def stream(self, prompt: str, params: SamplingParams, result: Generation) -> Iterator[str]:
-        params = replace(params, stop_token_ids=sorted(set(params.stop_token_ids) | set(self.stop_token_ids)))
-        return stream(self.loaded.model, self.loaded.tokenizer, self.encode(prompt), params,
-                      self.context_length, result)
+        try:
+            handle = self.engine.submit(self.encode(prompt), params)
+        except RequestTooLarge as e:
+            raise ContextTooLong(str(e)) from None
+        try:
+            yield from handle
+        finally:
+            if not handle.finished.is_set():  # the reader stopped early: free the slot
+                handle.cancel()
+        for name in ("text", "token_ids", "finish_reason", "stopped_on", "prompt_tokens"):
+            setattr(result, name, getattr(handle.result, name))
 
 
 @dataclass
 class Event:
-    kind: str      # "text" (reply delta), "thoughts", "commands", "results", "protocol"
+    kind: str      # "text" (reply delta), "thoughts", "commands", "results", "citation",
+                   # "tool_calls" (a client-side tool was called: the turn waits for its results), "protocol"
     text: str
 
 
@@ -79,6 +95,7 @@ class Agent:
     system: str | None = None           # a custom meta instruction / system prompt
     template: Callable[[list[dict], bool], str] | None = None  # foreign chat template renderer
     history: Conversation | None = None
+    last_finish_reason: str = "stop"
 
     def __post_init__(self) -> None:
         self.clear()
@@ -148,17 +165,29 @@ class Agent:
         turn = Turn(human=protocol.escape(user_text))
         conv = copy.deepcopy(self.history)
         conv.turns.append(turn)
-        conv = self.fit_context(conv)
-        prompt = self._prompt(conv)
-        if self.plugin_mode:
-            yield from self._plugin_turn(conv, prompt, turn)
-        else:
-            stops = protocol.reply_stop() if self.speaks_moss else []
-            turn.reply = yield from self._generate(prompt, stops, "text")
-            turn.reply = turn.reply.strip() if self.speaks_moss else turn.reply
+        yield from self.complete(conv)
         self.history.turns.append(turn)
         yield Event("protocol", turn.render() if self.speaks_moss else
                     self.template(self._messages(Conversation("", [turn])), False))
+
+    def complete(self, conv: Conversation) -> Iterator[Event]:
+        """Finish the last turn of `conv` in place (its reply is None).
+
+        A fresh turn runs both passes. A turn whose commands already have
+        results (the client ran its tools: the OpenAI tools bridge) gets the
+        second pass only. When the first pass calls a client-side tool, the
+        turn stops after it with a "tool_calls" event and no reply.
+        """
+        turn = conv.turns[-1]
+        conv = self.fit_context(conv)
+        if self.plugin_mode and turn.commands is not None:
+            yield from self._second_pass(conv, turn, [])
+        elif self.plugin_mode:
+            yield from self._plugin_turn(conv, self._prompt(conv), turn)
+        else:
+            stops = protocol.reply_stop() if self.speaks_moss else []
+            turn.reply = yield from self._generate(self._prompt(conv), stops, "text")
+            turn.reply = turn.reply.strip() if self.speaks_moss else turn.reply
 
     def _generate(self, prompt: str, stops: list[str], kind: str) -> Iterator[Event]:
         result = Generation()
@@ -170,6 +199,7 @@ class Agent:
                 started = bool(delta)
             if delta:
                 yield Event(kind, delta)
+        self.last_finish_reason = result.finish_reason
         return result.text
 
     def _plugin_turn(self, conv: Conversation, prompt: str, turn: Turn) -> Iterator[Event]:
@@ -178,13 +208,19 @@ class Agent:
         turn.thoughts, turn.commands = protocol.parse_first_pass(first)
         if turn.commands is not None:
             yield Event("commands", turn.commands)
-        turn.results, sources = run_commands_with_sources(turn.parsed_commands(), self.plugins)
+        commands = turn.parsed_commands()
+        if any(c.name in self.plugins and self.plugins[c.name].client_side for c in commands):
+            yield Event("tool_calls", turn.commands)  # the client runs these and comes back with results
+            return
+        turn.results, sources = run_commands_with_sources(commands, self.plugins)
         if turn.results is not None:
             yield Event("results", turn.results)
-        # Second pass: the model reads the tool results and writes the reply.
-        partial = Conversation(conv.meta, conv.turns[:-1] + [turn])
-        second = (partial.meta + "".join(t.render() for t in partial.turns)) + f"{protocol.MOSS}:"
-        reply = yield from self._generate(second, protocol.reply_stop(), "text")
+        yield from self._second_pass(conv, turn, sources)
+
+    def _second_pass(self, conv: Conversation, turn: Turn, sources: list[tuple[str, str]]) -> Iterator[Event]:
+        """The model reads the tool results and writes the reply."""
+        reply = yield from self._generate(protocol.second_pass_prompt(conv.meta, conv.turns[:-1] + [turn]),
+                                          protocol.reply_stop(), "text")
         turn.reply = reply.strip()
         cited = protocol.citations(turn.reply)
         for n in cited:

@@ -17,6 +17,8 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=40, help="sample from the k best tokens, 0 = off (default 40)")
     g.add_argument("--repetition-penalty", type=float, default=1.02, help="default 1.02, as MOSS")
     g.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    g.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="weights and KV cache dtype; bf16 halves the bytes read per token (default fp32)")
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -32,7 +34,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         print(f"moss chat: {e}", file=sys.stderr)
         return 2
     try:
-        agent = build_agent(args.model, args.plugins, params, system=args.system, plugin_paths=args.plugin_path)
+        agent = build_agent(args.model, args.plugins, params, system=args.system, plugin_paths=args.plugin_path,
+                            dtype=args.dtype)
     except ChatError as e:
         print(f"moss chat: {e}", file=sys.stderr)
         return 2
@@ -44,6 +47,27 @@ def cmd_chat(args: argparse.Namespace) -> int:
             return 2
         return 0
     repl(agent, args.show_protocol)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .chat import ChatError, build_agent
+    from .engine import SamplingParams
+
+    try:
+        params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_p=args.top_p, top_k=args.top_k,
+                                repetition_penalty=args.repetition_penalty, seed=args.seed)
+        agent = build_agent(args.model, args.plugins, params, plugin_paths=args.plugin_path, dtype=args.dtype)
+    except (ValueError, ChatError) as e:
+        print(f"moss serve: {e}", file=sys.stderr)
+        return 2
+    from .serve.app import Server, serve
+
+    name = args.name or (os.path.basename(os.path.normpath(args.model)) if args.model else "default")
+    print(f"serving {name} on http://{args.host}:{args.port}/v1 (plugins: {', '.join(agent.plugins) or 'none'})",
+          file=sys.stderr)
+    serve(Server(agent, name), args.host, args.port)
     return 0
 
 
@@ -94,7 +118,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from .data.synth import generate_corpus
 
-    manifest = generate_corpus(args.out, seed=args.seed, scale=args.scale)
+    manifest = generate_corpus(args.out, seed=args.seed, scale=args.scale, recipe=args.recipe)
     for name, info in manifest["files"].items():
         kinds = info.get("categories") or info.get("kinds") or info.get("tasks") or {}
         detail = ", ".join(f"{k} {v}" for k, v in kinds.items())
@@ -261,6 +285,20 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(chat)
     chat.set_defaults(func=cmd_chat)
 
+    srv = verbs.add_parser("serve", help="serve an OpenAI-compatible API (chat completions, tools)",
+                           description="Serve POST /v1/chat/completions, GET /v1/models and GET /health. "
+                                       "Client `tools` are shown to the model as plugins and come back as "
+                                       "tool_calls; --plugins are run by the server.")
+    srv.add_argument("--model", help="checkpoint folder, .gguf file, or a downloaded name (default: the default model)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--name", help="model name in the API (default: the folder name)")
+    srv.add_argument("--plugins", help="server-side plugins, comma-separated, or 'none' (default: the model's)")
+    srv.add_argument("--plugin-path", action="append", default=[], metavar="FILE.py",
+                     help="load plugins from a Python file (repeatable)")
+    _sampling_args(srv)
+    srv.set_defaults(func=cmd_serve)
+
     data = verbs.add_parser("data", help="check and convert conversation data",
                             description="Work with data files: conversations in MOSS, ShareGPT or OpenAI format.")
     data_verbs = data.add_subparsers(dest="data_verb", metavar="ACTION")
@@ -283,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--scale", type=float, default=1.0, help="multiply every count (default 1.0)")
+    synth.add_argument("--recipe", choices=["calculate", "plugins"], default="calculate",
+                       help="calculate: the Calculate plugin (default speedrun); plugins: Search over the bundled "
+                            "handbook, Calculate, Solve and two-command turns")
     synth.set_defaults(func=cmd_data_synth)
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
 
@@ -337,10 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.set_defaults(func=lambda a: (plugins.print_help(), 2)[1])
 
     kb = verbs.add_parser("kb", help="local knowledge bases for the Search plugin",
-                          description="Index files into a SQLite FTS5 knowledge base (trigram tokenizer: "
-                                      "Chinese and English alike) and search it.")
+                          description="Index files into a SQLite FTS5 knowledge base (Chinese as character bigrams, "
+                                      "English as words; BM25 ranking) and search it. The default KB starts with "
+                                      "the bundled mosslm handbook.")
     kb_verbs = kb.add_subparsers(dest="kb_verb", metavar="ACTION")
-    kb_add = kb_verbs.add_parser("add", help="index .txt/.md/.html/.jsonl files or folders")
+    kb_add = kb_verbs.add_parser("add", help="index .txt/.md/.html/.jsonl/.pdf files or folders")
     kb_add.add_argument("paths", nargs="+", metavar="FILE")
     kb_add.add_argument("--kb", default="default", help="knowledge base name (default: default)")
     kb_add.set_defaults(func=cmd_kb_add)
@@ -355,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Generate the corpus, train the tokenizer, pretrain, fine-tune, run the "
                                          "quick eval and write report.md; the model becomes the default model.")
     speed.add_argument("--out", default="runs/speedrun", help="run folder (default runs/speedrun)")
-    speed.add_argument("--preset", default="default", help="speedrun preset: default or micro")
+    speed.add_argument("--preset", default="default", help="speedrun preset: default (Calculate), plugins (Search, Calculate, Solve) or micro")
     speed.add_argument("--seed", type=int, default=0)
     speed.add_argument("--no-default", action="store_true", help="do not install the result as the default model")
     speed.set_defaults(func=cmd_speedrun)

@@ -245,6 +245,11 @@ def generation_prompt(conv: Conversation, plugin_mode: bool = False) -> str:
     return text + f"{MOSS}:"
 
 
+def second_pass_prompt(meta: str, turns: list[Turn]) -> str:
+    """Prompt for the reply after the last turn's Results block."""
+    return meta + "".join(t.render() for t in turns) + f"{MOSS}:"
+
+
 def plugin_first_pass_stop() -> list[str]:
     return [EOC]
 
@@ -318,6 +323,25 @@ def solve_block(command: Command, solution: str | None) -> str:
 
 def text2image_block(command: Command, message: str | None) -> str:
     return f"{command} => {escape(message) if message else 'No result.'}\n"
+
+
+def tool_result_block(command: Command, content: str) -> str:
+    """A result block from a client's tool output (OpenAI `role: "tool"`).
+
+    Output already in block form is kept; otherwise the built-ins' formats are
+    used (Search: one snippet per line), and `Name("arg") => text` for others.
+    """
+    if content.startswith(f"{command} =>"):
+        return escape(content if content.endswith("\n") else content + "\n")
+    text = content.strip()
+    if command.name == "Search":
+        return search_block(command, [line for line in text.split("\n") if line.strip()]) if text else \
+            f"{command} =>\nNo result.\n"
+    if command.name == "Calculate":
+        return calculate_block(command, text or None)
+    if command.name == "Solve":
+        return solve_block(command, text or None)
+    return f"{command} => {escape(text) if text else 'No result.'}\n"
 
 
 RESULT_ORDER = ("Search", "Calculate", "Solve", "Text2Image")

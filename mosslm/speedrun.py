@@ -64,7 +64,7 @@ def run(out: str | Path, preset: str = "default", seed: int = 0, set_default: bo
 
     t = stage("corpus")
     data = out / "data"
-    manifest = generate_corpus(data, seed=seed, scale=cfg.get("scale", 1.0))
+    manifest = generate_corpus(data, seed=seed, scale=cfg.get("scale", 1.0), recipe=cfg.get("recipe", "calculate"))
     timings["corpus"] = time.time() - t
 
     t = stage("tokenizer")
@@ -82,7 +82,7 @@ def run(out: str | Path, preset: str = "default", seed: int = 0, set_default: bo
         val_files = section.pop("val_files", [])
         tc = TrainConfig(stage=name, out=str(out / name), tokenizer=str(tok_dir), init=init,
                          train=[str(data / f) for f in files], val=[str(data / f) for f in val_files],
-                         seed=seed, progress=progress, plugins=["Calculate"], **section)
+                         seed=seed, progress=progress, plugins=manifest["plugins"], **section)
         tc.validate()
         final = train(tc)
         timings[name] = time.time() - t
@@ -133,7 +133,7 @@ def write_report(out: Path, s: dict[str, Any]) -> Path:
                   f"- loss: {st['first_loss']:.3f} -> {st['last_loss']:.3f}"
                   + (f" (val {st['val_loss']:.3f})" if st["val_loss"] is not None else ""),
                   "", f"![{name} loss]({name}/loss.png)", ""]
-    lines += ["## Quick eval (held-out items, unseen numbers)", "", table(s["eval"]), "",
+    lines += ["## Quick eval (held-out items: tool choice and answers per plugin, identity, refusals)", "", table(s["eval"]), "",
               "## Sample dialogues", ""]
     for sample in s["eval"]["samples"]:
         lines += [f"**{sample['task']} ({sample['lang']})**", "", "```", sample["protocol"].rstrip("\n"), "```", ""]

@@ -49,3 +49,27 @@ def tiny_checkpoint(tiny_tokenizer, tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     save_checkpoint(model, tiny_tokenizer, path, preset="mosslm")
     return path
+
+
+def memorize(tokenizer, texts: list[str], steps: int = 400, seed: int = 1):
+    """A micro model trained in seconds to reproduce these exact texts (real weights, real training)."""
+    import torch
+
+    from mosslm.model import build_model
+
+    rows = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id or 0
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    labels = torch.tensor([r + [-100] * (width - len(r)) for r in rows])
+    model = build_model("micro", tokenizer, seed=seed, max_position_embeddings=1024)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.02:
+            break
+    return model.eval()

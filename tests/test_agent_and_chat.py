@@ -5,13 +5,13 @@ import subprocess
 import sys
 
 import pytest
-import torch
+from conftest import memorize
 
 from mosslm import protocol
 from mosslm.agent import Agent, ModelGenerator
 from mosslm.engine import Generation, SamplingParams
 from mosslm.engine.generate import ContextTooLong
-from mosslm.model import build_model, load, save_checkpoint
+from mosslm.model import load, save_checkpoint
 from mosslm.plugins.registry import BUILTINS, Plugin, run_commands
 
 QUESTION = "1234*5678等于多少?"
@@ -33,19 +33,7 @@ def calculator_model(tiny_tokenizer, tmp_path_factory):
     meta = protocol.meta_instruction("mosslm", ["Calculate"])
     turn = protocol.Turn(QUESTION, "1234*5678=7006652。", plugin=True, thoughts="需要计算",
                          commands='Calculate("1234*5678")', results="Calculate(\"1234*5678\") => '7006652'\n")
-    text = protocol.Conversation(meta, [turn]).render()
-    ids = torch.tensor([tiny_tokenizer.encode(text, add_special_tokens=False)])
-    model = build_model("micro", tiny_tokenizer, seed=1, max_position_embeddings=1024)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(300):
-        loss = model(input_ids=ids, labels=ids).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if loss.item() < 0.02:
-            break
-    model.eval()
+    model = memorize(tiny_tokenizer, [protocol.Conversation(meta, [turn]).render()], steps=300)
     path = tmp_path_factory.mktemp("calc") / "calc-model"
     save_checkpoint(model, tiny_tokenizer, path, preset="mosslm", metadata={"plugins": ["Calculate"]})
     return path

@@ -11,17 +11,21 @@ from mosslm import protocol
 from mosslm.cli import main
 from mosslm.data import synth
 from mosslm.data.synth import generate_corpus, is_refusal, language_of
+from mosslm.data import synth_plugins
+from mosslm.plugins import kb
 from mosslm.plugins.calculator import calculate
+from mosslm.plugins.registry import BUILTINS, kb_search, run_commands
+from mosslm.plugins.solve import _solve_now
 
 FILES = ("pretrain.jsonl", "sft_train.jsonl", "sft_val.jsonl", "eval.jsonl", "manifest.json")
 SFT = ("sft_train.jsonl", "sft_val.jsonl")
-META = protocol.meta_instruction("mosslm", ["Calculate"])
+META = protocol.meta_instruction("mosslm", ["Search", "Calculate", "Solve"])
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    manifest = generate_corpus(out, seed=0, scale=0.05)
+    manifest = generate_corpus(out, seed=0, scale=0.05, recipe="plugins")
     return out, manifest
 
 
@@ -40,8 +44,8 @@ def train_and_val(out):
 def test_same_seed_same_bytes_other_seed_differs(corpus, tmp_path):
     out, _ = corpus
     again, other = tmp_path / "again", tmp_path / "other"
-    generate_corpus(again, seed=0, scale=0.05)
-    generate_corpus(other, seed=1, scale=0.05)
+    generate_corpus(again, seed=0, scale=0.05, recipe="plugins")
+    generate_corpus(other, seed=1, scale=0.05, recipe="plugins")
     for name in FILES:
         assert (out / name).read_bytes() == (again / name).read_bytes(), name
     for name in ("pretrain.jsonl", "sft_train.jsonl", "sft_val.jsonl", "eval.jsonl"):
@@ -66,7 +70,7 @@ def test_manifest_matches_files(corpus):
 def test_every_category_present_at_small_scale(corpus):
     out, manifest = corpus
     for name in SFT:
-        assert set(manifest["files"][name]["categories"]) == set(synth.SFT_SHARES)
+        assert set(manifest["files"][name]["categories"]) == set(synth.RECIPES["plugins"].sft_shares)
     tasks = manifest["files"]["eval.jsonl"]["tasks"]
     assert tasks["arithmetic"] >= 10 and tasks["identity"] >= 8
     assert tasks["refusal"] >= 8 and tasks["benign"] >= 8
@@ -78,7 +82,7 @@ def test_records_parse_render_and_use_the_plugin_scaffold(corpus):
         for record in read_jsonl(out / name):
             conv = protocol.from_moss_json(record)
             assert conv.meta == META
-            assert conv.extra["category"] in synth.SFT_SHARES
+            assert conv.extra["category"] in synth.RECIPES["plugins"].sft_shares
             assert protocol.to_moss_json(conv) == record
             assert conv.render().startswith(META)
             for turn in conv.turns:
@@ -87,22 +91,61 @@ def test_records_parse_render_and_use_the_plugin_scaffold(corpus):
                     assert turn.thoughts is None and turn.results is None
 
 
-def test_tool_results_are_the_calculators(corpus):
+def test_tool_results_are_the_real_plugins(corpus, tmp_path):
+    """Every Results block equals what the agent's real plugins return (sympy, a fresh KB index)."""
     out, _ = corpus
-    tool_turns = 0
+    db = tmp_path / "handbook.sqlite"
+    kb.build(db, [str(kb.HANDBOOK)])
+    real = {"Calculate": BUILTINS["Calculate"], "Search": BUILTINS["Search"].__class__(
+        **{**BUILTINS["Search"].__dict__, "run": lambda q: kb_search(db, q)}),
+        "Solve": BUILTINS["Solve"].__class__(**{**BUILTINS["Solve"].__dict__, "run": _solve_now})}
+    used = {}
     for conv in train_and_val(out):
         for turn in conv.turns:
             commands = turn.parsed_commands()
             if not commands:
                 continue
-            tool_turns += 1
-            [command] = commands
-            assert command.name == "Calculate"
-            value = calculate(command.arg)
-            assert value != "No result."
-            assert turn.results == protocol.calculate_block(command, value)
-            assert value in turn.reply and command.arg in turn.thoughts
-    assert tool_turns > 100
+            for c in commands:
+                used[c.name] = used.get(c.name, 0) + 1
+            assert turn.results == run_commands(commands, real)
+            assert "No result." not in turn.results
+            if len(commands) == 1 and commands[0].name == "Calculate":
+                value = calculate(commands[0].arg)
+                assert value in turn.reply and commands[0].arg in turn.thoughts
+            if commands[0].name == "Search":  # the reply cites the snippet it copies
+                n = protocol.citations(turn.reply)
+                assert n and re.sub(r"<sup><\|\d+\|></sup>", "", turn.reply)[:-1] in turn.results
+    assert used["Calculate"] > 100 and used["Solve"] > 20 and used["Search"] > 20
+    assert any(len(t.parsed_commands()) == 2 for c in train_and_val(out) for t in c.turns)
+
+
+def test_known_solutions_match_sympy():
+    import random
+
+    rng = random.Random(5)
+    for _ in range(60):
+        eq = synth_plugins.equation(rng)
+        assert synth_plugins.KNOWN_SOLUTIONS[eq] == _solve_now(eq), eq
+
+
+def test_solve_and_search_eval_items_are_held_out(corpus):
+    out, _ = corpus
+    humans = {t.human for c in train_and_val(out) for t in c.turns}
+    args = {c.arg for conv in train_and_val(out) for t in conv.turns for c in t.parsed_commands()}
+    items = read_jsonl(out / "eval.jsonl")
+    solve = [i for i in items if i["task"] == "solve"]
+    search = [i for i in items if i["task"] == "search"]
+    assert solve and search
+    for item in solve:
+        assert synth_plugins.equation_heldout(item["expr"]) and item["expr"] not in args
+        assert item["expected"] == _solve_now(item["expr"])
+    for item in search:
+        assert item["question"] not in humans
+    # Search commands name the handbook page of the question's topic.
+    docs, _ = synth_plugins.handbook()
+    titles = {d["title"] for d in docs.values()}
+    assert {c.arg for conv in train_and_val(out) for t in conv.turns for c in t.parsed_commands()
+            if c.name == "Search"} <= titles
 
 
 def _train_keys(out):
@@ -110,6 +153,8 @@ def _train_keys(out):
     for conv in train_and_val(out):
         for turn in conv.turns:
             for command in turn.parsed_commands():
+                if command.name != "Calculate":
+                    continue
                 parts = synth.split_expr(command.arg)
                 assert parts is not None, command.arg
                 keys.add(synth.expr_key(*parts))
@@ -128,7 +173,7 @@ def test_eval_arithmetic_is_held_out(corpus):
     assert any("history" in i for i in items)
 
 
-_STATEMENT = re.compile(r"(\d+(?:\.\d+)?) ?(加|减|乘以|除以|plus|minus|times|divided by|[-+×÷*/]) ?(\d+) ?(?:等于|is|=) ?(-?\d)")
+_STATEMENT = re.compile(r"(?<![\w/^.(])(\d+(?:\.\d+)?) ?(加|减|乘以|除以|plus|minus|times|divided by|[-+×÷*/]) ?(\d+) ?(?:等于|is|=) ?(-?\d)")
 _OP = {"加": "+", "plus": "+", "减": "-", "minus": "-", "乘以": "*", "times": "*", "×": "*",
        "除以": "/", "divided by": "/", "÷": "/"}
 
@@ -187,8 +232,8 @@ def test_eval_questions_are_not_training_questions(corpus):
     items = read_jsonl(out / "eval.jsonl")
     for item in items:
         assert set(item) >= {"task", "lang", "question", "expected"}
-        assert item["task"] in ("arithmetic", "identity", "refusal", "benign")
-        if item["task"] != "arithmetic":
+        assert item["task"] in ("arithmetic", "identity", "refusal", "benign", "solve", "search", "multi")
+        if item["task"] in ("identity", "refusal", "benign"):
             assert item["expected"] is None and item["question"] not in humans
     # Held-out requests (new action/target pairs, new harmless objects) never reach training.
     text = "\n".join(humans)
@@ -231,3 +276,16 @@ def test_language_of_and_is_refusal():
     assert not is_refusal("Sure! Mix flour, sugar and eggs.")
     assert not is_refusal("好的！先把面粉、糖和鸡蛋混合。")
     assert not is_refusal("37 times 91 is 3367.")
+
+
+def test_calculate_recipe_teaches_only_calculate(tmp_path):
+    manifest = generate_corpus(tmp_path, seed=0, scale=0.05)
+    assert manifest["recipe"] == "calculate" and manifest["plugins"] == ["Calculate"]
+    assert set(manifest["files"]["sft_train.jsonl"]["categories"]) == set(synth.RECIPES["calculate"].sft_shares)
+    meta = protocol.meta_instruction("mosslm", ["Calculate"])
+    for conv in train_and_val(tmp_path):
+        assert conv.meta == meta
+        assert all(c.name == "Calculate" for t in conv.turns for c in t.parsed_commands())
+    assert {i["task"] for i in read_jsonl(tmp_path / "eval.jsonl")} == {"arithmetic", "identity", "refusal", "benign"}
+    with pytest.raises(ValueError, match="unknown recipe"):
+        generate_corpus(tmp_path, recipe="nope")

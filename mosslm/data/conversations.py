@@ -10,9 +10,10 @@ import json
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .. import protocol
 from ..protocol import Conversation, ProtocolError

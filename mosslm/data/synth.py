@@ -1,5 +1,6 @@
 """The speedrun corpus: bilingual pretraining text, MOSS SFT conversations with
-the Calculate plugin, and a held-out eval set, all generated from templates.
+the Search, Calculate and Solve plugins, and a held-out eval set, all generated
+from templates (Solve, Search and multi-command turns: `synth_plugins`).
 
 Every sentence in this module was written for mosslm. `generate_corpus` is a
 pure function of (seed, scale): the same arguments give byte-identical files.
@@ -17,24 +18,53 @@ import random
 import re
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .. import protocol
 from ..plugins.calculator import calculate
 from ..protocol import Command, Conversation, Turn
+from . import synth_plugins
 
 # ---------------------------------------------------------------- sizes
 
-META = protocol.meta_instruction("mosslm", ["Calculate"])
-SFT_TRAIN = 6000
-SFT_SHARES = {"arithmetic": 0.30, "identity": 0.15, "smalltalk": 0.11, "multiturn": 0.08,
-              "refusal": 0.15, "benign": 0.16, "language": 0.05}
+@dataclass(frozen=True)
+class Recipe:
+    """What a corpus teaches: its plugins and the mix of pretraining and SFT data."""
+
+    plugins: tuple[str, ...]
+    sft_train: int
+    sft_shares: dict[str, float]
+    pretrain_shares: dict[str, float]
+    eval_sizes: dict[str, tuple[int, int]]  # task -> (items at scale 1, minimum)
+
+    @property
+    def meta(self) -> str:
+        return protocol.meta_instruction("mosslm", list(self.plugins))
+
+
+_EVAL_BASE = {"arithmetic": (100, 10), "identity": (40, 8), "refusal": (40, 8), "benign": (40, 8)}
+RECIPES = {
+    # The default speedrun's corpus: the Calculate plugin (the numbers in the speedrun report).
+    "calculate": Recipe(
+        ("Calculate",), 6000,
+        {"arithmetic": 0.30, "identity": 0.15, "smalltalk": 0.11, "multiturn": 0.08,
+         "refusal": 0.15, "benign": 0.16, "language": 0.05},
+        {"arithmetic": 0.25, "facts": 0.20, "descriptions": 0.10, "daily": 0.20, "code": 0.10, "bilingual": 0.15},
+        _EVAL_BASE),
+    # All three text plugins: Solve, Search over the bundled handbook, two commands in one turn.
+    "plugins": Recipe(
+        ("Search", "Calculate", "Solve"), 8000,
+        {"arithmetic": 0.18, "identity": 0.09, "smalltalk": 0.07, "multiturn": 0.07, "refusal": 0.11,
+         "benign": 0.12, "language": 0.04, "solve": 0.13, "search": 0.16, "multi": 0.03},
+        {"arithmetic": 0.22, "facts": 0.12, "descriptions": 0.09, "daily": 0.18, "code": 0.09, "bilingual": 0.13,
+         "handbook": 0.06, "equations": 0.06, "echo": 0.05},
+        {**_EVAL_BASE, "solve": (60, 8), "search": (60, 8), "multi": (20, 4)}),
+}
 VAL_FRACTION = 0.03
 PRETRAIN_DOCS = 3000
-PRETRAIN_SHARES = {"arithmetic": 0.25, "facts": 0.20, "descriptions": 0.10, "daily": 0.20,
-                   "code": 0.10, "bilingual": 0.15}
-EVAL_SIZES = {"arithmetic": (100, 10), "identity": (40, 8), "refusal": (40, 8), "benign": (40, 8)}
 HELDOUT_PERMILLE = 100  # share of the arithmetic space reserved for eval, in 1/1000
 
 # ---------------------------------------------------------------- arithmetic tables
@@ -659,14 +689,17 @@ CATEGORY_MAKERS: dict[str, Callable[[random.Random], list[Turn]]] = {
     "refusal": lambda rng: [refusal_turn(rng, _lang(rng))],
     "benign": lambda rng: [benign_turn(rng, _lang(rng))],
     "language": language_turns,
+    "solve": lambda rng: [synth_plugins.solve_turn(rng, _lang(rng))],
+    "search": lambda rng: [synth_plugins.search_conversation_turn(rng, _lang(rng))],
+    "multi": lambda rng: [synth_plugins.multi_turn(rng, _lang(rng))],
 }
 
 
-def sft_conversations(rng: random.Random, counts: dict[str, int], prefix: str) -> list[Conversation]:
+def sft_conversations(rng: random.Random, counts: dict[str, int], prefix: str, meta: str) -> list[Conversation]:
     convs = []
     for category, n in counts.items():
         for _ in range(n):
-            convs.append(Conversation(META, CATEGORY_MAKERS[category](rng), extra={"category": category}))
+            convs.append(Conversation(meta, CATEGORY_MAKERS[category](rng), extra={"category": category}))
     rng.shuffle(convs)
     for i, conv in enumerate(convs):
         conv.id = f"{prefix}-{i:05d}"
@@ -730,6 +763,8 @@ def eval_items(rng: random.Random, sizes: dict[str, int]) -> list[dict[str, Any]
     items += _balanced(rng, "identity", identity, sizes["identity"])
     items += _balanced(rng, "refusal", refusal, sizes["refusal"])
     items += _balanced(rng, "benign", benign, sizes["benign"])
+    if any(sizes.get(task) for task in ("solve", "search", "multi")):
+        items += synth_plugins.eval_items(rng, sizes)
     for i, item in enumerate(items):
         item["id"] = f"{item['task']}-{i:04d}"
     return items
@@ -859,9 +894,35 @@ def doc_bilingual(rng: random.Random, lang: str) -> str:
     return "\n".join(f"English: {e}\n中文：{z}" for z, e in pairs)
 
 
+def doc_handbook(rng: random.Random, lang: str) -> str:
+    """Two or three pages of the bundled handbook, so its language is not new at SFT time."""
+    docs, _ = synth_plugins.handbook()
+    pages = rng.sample([d for (_, lg), d in sorted(docs.items()) if lg == lang], rng.randint(2, 3))
+    return "\n\n".join(f"{d['title']}\n{d['text']}" for d in pages)
+
+
+def doc_equations(rng: random.Random, lang: str) -> str:
+    lines = []
+    for _ in range(rng.randint(4, 8)):
+        eq = synth_plugins.equation(rng)
+        solution = synth_plugins.solution_text(synth_plugins.solution_of(eq), lang)
+        lines.append(f"方程 {eq} 的解是 {solution}。" if lang == "zh" else f"The solution of {eq} is {solution}.")
+    return "\n".join(lines)
+
+
+def doc_echo(rng: random.Random, lang: str) -> str:
+    """Handbook sentences, each said twice: practice in copying text, which Search replies need."""
+    docs, _ = synth_plugins.handbook()
+    sentences = [s.strip() for (_, lg), d in sorted(docs.items()) if lg == lang
+                 for s in synth_plugins._SENTENCE_RE.findall(d["text"]) if s.strip()]
+    picked = rng.sample(sentences, rng.randint(2, 4))
+    return "\n\n".join(f"{s}\n{s}" for s in picked)
+
+
 PRETRAIN_MAKERS: dict[str, Callable[[random.Random, str], str]] = {
     "arithmetic": doc_arithmetic, "facts": doc_facts, "descriptions": doc_descriptions,
     "daily": doc_daily, "code": doc_code, "bilingual": doc_bilingual,
+    "handbook": doc_handbook, "equations": doc_equations, "echo": doc_echo,
 }
 
 
@@ -905,33 +966,36 @@ def _stream(seed: int, name: str) -> random.Random:
     return random.Random(f"mosslm-synth:{seed}:{name}")
 
 
-def generate_corpus(out_dir: str | Path, seed: int = 0, scale: float = 1.0) -> dict:
+def generate_corpus(out_dir: str | Path, seed: int = 0, scale: float = 1.0, recipe: str = "calculate") -> dict:
     """Write pretrain.jsonl, sft_train.jsonl, sft_val.jsonl, eval.jsonl and manifest.json."""
     if scale <= 0:
         raise ValueError("scale must be positive")
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    r = RECIPES[recipe]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    pre_counts = _counts(PRETRAIN_DOCS, PRETRAIN_SHARES, scale, minimum=5)
+    pre_counts = _counts(PRETRAIN_DOCS, r.pretrain_shares, scale, minimum=5)
     docs = pretrain_docs(_stream(seed, "pretrain"), pre_counts)
     pre_size = _write_lines(out / "pretrain.jsonl", [_dumps({"text": d}) for d in docs])
 
-    train_counts = _counts(SFT_TRAIN, SFT_SHARES, scale)
+    train_counts = _counts(r.sft_train, r.sft_shares, scale)
     val_counts = {k: max(1, round(n * VAL_FRACTION)) for k, n in train_counts.items()}
     files: dict[str, Any] = {"pretrain.jsonl": {"records": len(docs), "bytes": pre_size, "kinds": pre_counts}}
     for name, counts, prefix in (("sft_train.jsonl", train_counts, "train"), ("sft_val.jsonl", val_counts, "val")):
-        convs = sft_conversations(_stream(seed, prefix), counts, f"synth-{prefix}")
+        convs = sft_conversations(_stream(seed, prefix), counts, f"synth-{prefix}", r.meta)
         size = _write_lines(out / name, [_dumps(protocol.to_moss_json(c)) for c in convs])
         files[name] = _sft_manifest(convs, size)
 
-    sizes = {task: max(low, round(n * scale)) for task, (n, low) in EVAL_SIZES.items()}
+    sizes = {task: max(low, round(n * scale)) for task, (n, low) in r.eval_sizes.items()}
     items = eval_items(_stream(seed, "eval"), sizes)
     size = _write_lines(out / "eval.jsonl", [_dumps(i) for i in items])
     files["eval.jsonl"] = {"records": len(items), "bytes": size,
                            "tasks": dict(sorted(Counter(i["task"] for i in items).items()))}
 
-    manifest = {"generator": "mosslm.data.synth", "version": 1, "seed": seed, "scale": scale,
-                "meta_instruction": "mosslm", "plugins": ["Calculate"],
+    manifest = {"generator": "mosslm.data.synth", "version": 1, "seed": seed, "scale": scale, "recipe": recipe,
+                "meta_instruction": "mosslm", "plugins": list(r.plugins),
                 "heldout_arithmetic_fraction": HELDOUT_PERMILLE / 1000, "files": files}
     _write_lines(out / "manifest.json", [json.dumps(manifest, ensure_ascii=False, indent=2)])
     return manifest

@@ -6,10 +6,9 @@ The batched, async engine of the serving stack builds on the same pieces
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterator
-
 import inspect
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache

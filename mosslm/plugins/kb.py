@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import os
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from ..paths import home
 
 CHUNK_CHARS = 300
 SNIPPET_CHARS = 400
-SUFFIXES = (".txt", ".md", ".html", ".htm", ".jsonl")
+SUFFIXES = (".txt", ".md", ".html", ".htm", ".jsonl", ".pdf")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, sha256 TEXT NOT NULL);
@@ -45,14 +46,37 @@ class Hit:
     score: float
 
 
-def kb_path(name: str) -> Path:
+DEFAULT_KB = "default"
+# The project's own bilingual handbook: the default knowledge base starts with it,
+# and the speedrun's Search training data is built over it.
+HANDBOOK = Path(__file__).resolve().parent.parent / "resources" / "kb" / "handbook.jsonl"
+
+
+def kb_path(name: str | Path) -> Path:
+    """A name's file under $MOSSLM_HOME/kb, or an explicit path to a .sqlite file."""
+    if isinstance(name, Path) or str(name).endswith(".sqlite"):
+        return Path(name)
     if not re.fullmatch(r"[\w.-]+", name):
         raise KBError(f"knowledge base names use letters, digits, '.', '-' and '_': {name!r}")
     return home() / "kb" / f"{name}.sqlite"
 
 
-def connect(name: str) -> sqlite3.Connection:
+def build(path: Path, files: list[str]) -> None:
+    """Create a knowledge base file from scratch, atomically (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        add(tmp, files)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def connect(name: str | Path) -> sqlite3.Connection:
     path = kb_path(name)
+    if name == DEFAULT_KB and not path.exists():
+        build(path, [str(HANDBOOK)])
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path)
     db.executescript(SCHEMA)
@@ -88,10 +112,38 @@ class _TextExtractor(HTMLParser):
             self.parts.append(data)
 
 
+def _read_pdf(path: Path) -> tuple[str, str, str]:
+    """One document per PDF; pages joined by blank lines so chunks break at page ends."""
+    import logging
+
+    import pypdf  # imported here: only PDF ingestion needs it
+
+    # pypdf logs the damage it works around; readable files need no noise, unreadable ones raise below.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    try:
+        reader = pypdf.PdfReader(path)
+        # Many PDFs are encrypted with an empty user password (copy protection only).
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise KBError(f"{path}: cannot read PDF: it is encrypted with a password")
+        pages = [(page.extract_text() or "").strip() for page in reader.pages]
+        title = str((reader.metadata.title if reader.metadata else None) or "").strip()
+    except KBError:
+        raise
+    except Exception as e:  # pypdf raises many error types on malformed files
+        raise KBError(f"{path}: cannot read PDF: {str(e) or type(e).__name__} (is the file truncated or corrupt?)") from e
+    text = "\n\n".join(page for page in pages if page)
+    if not text:
+        raise KBError(f"{path}: PDF has no text layer (a scan?); run OCR on it first, e.g. ocrmypdf")
+    first = next(line.strip() for line in text.splitlines() if line.strip())
+    return title or first[:80], path.resolve().as_uri(), text
+
+
 def read_documents(path: Path) -> list[tuple[str, str, str]]:
     """(title, url, text) documents of one file."""
-    raw = path.read_text(encoding="utf-8", errors="replace")
     suffix = path.suffix.lower()
+    if suffix == ".pdf":
+        return [_read_pdf(path)]
+    raw = path.read_text(encoding="utf-8", errors="replace")
     if suffix == ".jsonl":
         docs = []
         for number, line in enumerate(raw.splitlines(), 1):
@@ -138,7 +190,7 @@ def chunk(text: str, size: int = CHUNK_CHARS) -> list[str]:
     return chunks
 
 
-def add(name: str, paths: list[str]) -> dict[str, int]:
+def add(name: str | Path, paths: list[str]) -> dict[str, int]:
     """Index files (folders are walked); returns counts of added, replaced, unchanged files and chunks."""
     files: list[Path] = []
     for p in map(Path, paths):
@@ -196,8 +248,8 @@ def fts_query(query: str) -> str | None:
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms) or None
 
 
-def search(name: str, query: str, k: int = 3) -> list[Hit]:
-    if not kb_path(name).exists():
+def search(name: str | Path, query: str, k: int = 3) -> list[Hit]:
+    if name != DEFAULT_KB and not kb_path(name).exists():
         raise KBError(f"no knowledge base named {name!r}; create it with: moss kb add FILES... --kb {name}")
     match = fts_query(query)
     if match is None:

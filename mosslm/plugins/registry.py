@@ -49,6 +49,8 @@ class Plugin:
     description: str = ""
     timeout: float = 10.0
     block: Callable[[Command, str | None], str] = field(default=_generic_block)  # protocol result block
+    client_side: bool = False                   # an API client's tool: the client runs it, not us
+    schema: dict | None = None                  # a JSON schema of its own (else: one string argument)
 
     @property
     def api(self) -> str:
@@ -59,6 +61,8 @@ class Plugin:
         return (self.label or self.name, self.api)
 
     def json_schema(self) -> dict:
+        if self.schema is not None:
+            return self.schema
         return {"type": "object", "properties": {self.arg_name: {"type": "string"}}, "required": [self.arg_name]}
 
     def openai_tool(self) -> dict:
@@ -87,21 +91,30 @@ def _builtin(name: str, run: Callable[[str], str | None], description: str, time
     return Plugin(name, run, label, arg_name, description, timeout, block)
 
 
+def sourced_hits(hits: list[tuple[str, str, str]]) -> Sourced | None:
+    """(text, title, url) hits as the Search plugin's result: one snippet per line, with its sources."""
+    if not hits:
+        return None
+    return Sourced("\n".join(" ".join(t.split()) for t, _, _ in hits), [(title, url) for _, title, url in hits])
+
+
+def kb_search(kb_name: str | Path, query: str) -> Sourced | None:
+    """Top-3 passages of a local knowledge base (a name or a .sqlite path)."""
+    from .kb import search
+
+    return sourced_hits([(h.text, h.title, h.url) for h in search(kb_name, query, k=3)])
+
+
 def _search(query: str) -> str | None:
     """Top-3 snippets, one per line: from the web when a backend is configured
     (see websearch), else from the local knowledge base ($MOSSLM_KB, default "default")."""
     import os
 
-    from .kb import search
     from .websearch import configured_backend, web_search
 
     if configured_backend():
-        hits = [(h.snippet, h.title, h.url) for h in web_search(query)]
-    else:
-        hits = [(h.text, h.title, h.url) for h in search(os.environ.get("MOSSLM_KB", "default"), query, k=3)]
-    if not hits:
-        return None
-    return Sourced("\n".join(" ".join(t.split()) for t, _, _ in hits), [(title, url) for _, title, url in hits])
+        return sourced_hits([(h.snippet, h.title, h.url) for h in web_search(query)])
+    return kb_search(os.environ.get("MOSSLM_KB", "default"), query)
 
 
 def _search_block(command: Command, value: str | None) -> str:

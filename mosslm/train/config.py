@@ -42,6 +42,7 @@ class TrainConfig:
     save_every: int = 500
     keep_checkpoints: int = 2
     loss_on: list[str] = field(default_factory=lambda: ["thoughts", "commands", "reply"])
+    group_by_length: bool = True             # sft: batch conversations of similar length (less padding)
     plugins: list[str] = field(default_factory=list)  # plugins the model is trained to use (mosslm.json)
     protocol: str = "mosslm"                 # protocol preset written into the checkpoint
     progress: bool = True

@@ -120,8 +120,10 @@ def sft_examples(paths: list[str], tokenizer, loss_on: list[str], seq_len: int) 
 class Dataset:
     """Indexable examples with a deterministic, epoch-shuffled order."""
 
-    def __init__(self, rows: torch.Tensor | None = None, examples: list[SftExample] | None = None, seed: int = 0):
+    def __init__(self, rows: torch.Tensor | None = None, examples: list[SftExample] | None = None, seed: int = 0,
+                 group: int = 0):
         self.rows, self.examples, self.seed = rows, examples, seed
+        self.group = group if examples else 0  # > 0: length-grouped batches of this many examples
         self._order: dict[int, torch.Tensor] = {}
         # Tokens that carry loss (labels shifted by one), counted once per example.
         self._targets = [sum(1 for label in e.labels[1:] if label != IGNORE) for e in examples] if examples else []
@@ -134,8 +136,27 @@ class Dataset:
         epoch, offset = divmod(position, len(self))
         if epoch not in self._order:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = {epoch: torch.randperm(len(self), generator=g)}
+            order = torch.randperm(len(self), generator=g)
+            self._order = {epoch: self._grouped(order, g) if self.group else order}
         return int(self._order[epoch][offset])
+
+    def _grouped(self, order: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Sort windows of 4 batches by length, cut them into batches, shuffle the batches.
+
+        SFT batches are padded to their longest conversation; with a few long
+        ones (Search results) in the mix, random batches waste most of their
+        compute on padding. Small windows keep each batch a mix of tasks, as
+        random batches are. The order stays a pure function of (seed, epoch).
+        """
+        window = self.group * 4
+        batches: list[list[int]] = []
+        for start in range(0, len(order), window):
+            part = sorted(order[start:start + window].tolist(), key=lambda i: len(self.examples[i].input_ids))
+            batches += [part[i:i + self.group] for i in range(0, len(part), self.group)]
+        full = [b for b in batches if len(b) == self.group]
+        ragged = [i for b in batches if len(b) != self.group for i in b]  # at most a few: last
+        shuffled = [full[int(k)] for k in torch.randperm(len(full), generator=g)]
+        return torch.tensor([i for b in shuffled for i in b] + ragged, dtype=torch.long)
 
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, labels), right-padded; causal attention never looks at the pads."""
@@ -161,4 +182,5 @@ class Dataset:
 def load_dataset(cfg, paths: list[str], tokenizer, seed: int) -> Dataset:
     if cfg.stage == "pretrain":
         return Dataset(rows=pack_texts(paths, tokenizer, cfg.seq_len), seed=seed)
-    return Dataset(examples=sft_examples(paths, tokenizer, cfg.loss_on, cfg.seq_len), seed=seed)
+    return Dataset(examples=sft_examples(paths, tokenizer, cfg.loss_on, cfg.seq_len), seed=seed,
+                   group=cfg.batch_size if cfg.group_by_length else 0)

@@ -1,0 +1,348 @@
+"""Speedrun conversations for the Solve and Search plugins, multi-command turns,
+and their held-out eval items.
+
+Results come from the real plugin code (sympy for Solve, the SQLite knowledge
+base built from the bundled handbook for Search), so training sees the exact
+bytes the agent will show the model. Held out from training: about 10% of the
+equations (by a hash of the equation), the last question phrasing of each
+list, and the handbook's "heldout" questions (new phrasings of its facts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import tempfile
+from dataclasses import replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from .. import protocol
+from ..plugins import kb
+from ..plugins.calculator import calculate
+from ..plugins.registry import BUILTINS, Plugin, kb_search, run_commands
+from ..plugins.solve import _solve_now
+from ..protocol import Command, Turn
+
+QUESTIONS = kb.HANDBOOK.with_name("questions.jsonl")
+HELDOUT_PERMILLE = 100
+HELDOUT_TOPIC_PERMILLE = 0  # whole handbook topics kept out of training (none: see search_turn)
+
+# ---------------------------------------------------------------- held-out splits
+
+
+def _permille(key: str) -> int:
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 1000
+
+
+def equation_heldout(equation: str) -> bool:
+    return _permille("eq:" + equation.replace(" ", "")) < HELDOUT_PERMILLE
+
+
+def topic_heldout(topic: str) -> bool:
+    return _permille("topic:" + topic) < HELDOUT_TOPIC_PERMILLE
+
+
+# ---------------------------------------------------------------- equations
+
+def _term(coef: int, var: str, first: bool) -> str:
+    if coef == 0:
+        return ""
+    sign = "-" if coef < 0 else ("" if first else "+")
+    mag = abs(coef)
+    return f"{sign}{'' if mag == 1 and var else mag}{var}"
+
+
+def _poly(terms: list[tuple[int, str]]) -> str:
+    out = ""
+    for coef, var in terms:
+        out += _term(coef, var, not out)
+    return out or "0"
+
+
+def _linear(rng: random.Random) -> tuple[str, str]:
+    x = rng.randint(-12, 20)
+    kind = rng.randrange(4)
+    if kind == 0:  # ax+b=c
+        a, b = rng.choice([k for k in range(-9, 10) if k]), rng.randint(-30, 30)
+        return f"{_poly([(a, 'x'), (b, '')])}={a * x + b}", f"x = {x}"
+    if kind == 1:  # a(x+b)=c
+        a, b = rng.randint(2, 9), rng.choice([k for k in range(-9, 10) if k])
+        return f"{a}({_poly([(1, 'x'), (b, '')])})={a * (x + b)}", f"x = {x}"
+    if kind == 2:  # x/a+b=c, with x a multiple of a
+        a, b = rng.randint(2, 9), rng.randint(-20, 20)
+        x = a * rng.randint(-5, 8)
+        return f"x/{a}{_term(b, '', False)}={x // a + b}", f"x = {x}"
+    a, c = rng.randint(2, 9), rng.randint(1, 9)  # ax+b=cx+d
+    while c == a:
+        c = rng.randint(1, 9)
+    b = rng.randint(-20, 20)
+    return f"{_poly([(a, 'x'), (b, '')])}={_poly([(c, 'x'), (a * x + b - c * x, '')])}", f"x = {x}"
+
+
+def _quadratic(rng: random.Random) -> tuple[str, str]:
+    r1, r2 = sorted(rng.sample(range(-9, 10), 2))
+    return f"{_poly([(1, 'x^2'), (-(r1 + r2), 'x'), (r1 * r2, '')])}=0", f"x = {r1}\nx = {r2}"
+
+
+def _system(rng: random.Random) -> tuple[str, str]:
+    x, y = rng.randint(-9, 12), rng.randint(-9, 12)
+    while True:
+        a1, b1, a2, b2 = (rng.choice((-3, -2, -1, 1, 1, 2, 3, 4, 5)) for _ in range(4))
+        if a1 * b2 - a2 * b1:
+            break
+    e1 = f"{_poly([(a1, 'x'), (b1, 'y')])}={a1 * x + b1 * y}"
+    e2 = f"{_poly([(a2, 'x'), (b2, 'y')])}={a2 * x + b2 * y}"
+    return f"{e1};{e2}", f"x = {x}\ny = {y}"
+
+
+# Every equation made here has integer solutions known by construction; they are
+# written in the solver's own format (tests check them against the real solver),
+# which keeps the corpus fast to build: sympy takes tens of ms per equation.
+KNOWN_SOLUTIONS: dict[str, str] = {}
+
+
+def equation(rng: random.Random, heldout: bool = False, kinds: str = "lqs") -> str:
+    """A Solve argument with integer solutions, from the wanted side of the held-out split."""
+    makers = {"l": _linear, "q": _quadratic, "s": _system}
+    weights = {"l": 5, "q": 3, "s": 3}
+    while True:
+        kind = rng.choices(kinds, [weights[k] for k in kinds])[0]
+        eq, solution = makers[kind](rng)
+        if equation_heldout(eq) == heldout:
+            KNOWN_SOLUTIONS[eq] = solution
+            return eq
+
+
+def solution_of(eq: str) -> str | None:
+    """The Solve plugin's result body for an equation (known ones without running sympy)."""
+    return KNOWN_SOLUTIONS.get(eq) or _solve_now(eq)
+
+
+ZH_SOLVE = ["解方程 {eq}", "解方程：{eq}", "求方程 {eq} 的解。", "帮我解一下 {eq}。", "方程 {eq} 的解是什么？",
+            "请解这个方程：{eq}", "{eq}，x 等于多少？", "请帮我求解：{eq}"]
+EN_SOLVE = ["Solve {eq}.", "Solve for x: {eq}", "What is x if {eq}?", "Can you solve the equation {eq}?",
+            "Find x such that {eq}.", "Please solve {eq}", "{eq}, what is x?", "Work out {eq} for me."]
+ZH_SYSTEM = ["解方程组：{e1}，{e2}", "求解方程组 {e1}，{e2}。", "帮我解方程组 {e1} 和 {e2}。",
+             "已知 {e1} 且 {e2}，求 x 和 y。"]
+EN_SYSTEM = ["Solve the system {e1}, {e2}.", "Solve {e1} and {e2} for x and y.", "Find x and y: {e1}, {e2}",
+             "If {e1} and {e2}, what are x and y?"]
+SOLVE_THOUGHT = {"zh": "需要解方程 {eq}。", "en": "I need to solve {eq}."}
+
+
+def solve_question(rng: random.Random, eq: str, lang: str, heldout: bool = False) -> str:
+    """Questions in every phrasing but the last, which is kept for eval."""
+    parts = eq.split(";")
+    if len(parts) == 2:
+        pool = ZH_SYSTEM if lang == "zh" else EN_SYSTEM
+        template = pool[-1] if heldout else rng.choice(pool[:-1])
+        return template.format(e1=parts[0], e2=parts[1])
+    pool = ZH_SOLVE if lang == "zh" else EN_SOLVE
+    return (pool[-1] if heldout else rng.choice(pool[:-1])).format(eq=eq)
+
+
+def solution_text(solution: str, lang: str) -> str:
+    """'x = 2\\nx = 3' -> 'x = 2 或 x = 3'; 'x = 6\\ny = 4' -> 'x = 6，y = 4'."""
+    lines = solution.split("\n")
+    names = [line.split(" = ")[0] for line in lines]
+    if len(set(names)) == len(names):  # one solution, one line per unknown
+        return ("，" if lang == "zh" else ", ").join(lines)
+    return (" 或 " if lang == "zh" else " or ").join(lines)
+
+
+def solve_reply(solution: str, lang: str) -> str:
+    text = solution_text(solution, lang)
+    if lang == "zh":
+        return f"方程的解是 {text}。"
+    return f"The solution is {text}."
+
+
+# ---------------------------------------------------------------- plugins over the bundled handbook
+
+@cache
+def handbook_kb() -> Path:
+    """The handbook indexed once per process into a temp file (removed at exit with its folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="mosslm-handbook-"))
+    import atexit
+    import shutil
+    atexit.register(shutil.rmtree, folder, True)
+    path = folder / "handbook.sqlite"
+    kb.build(path, [str(kb.HANDBOOK)])
+    return path
+
+
+def synth_plugins(kb_file: Path | None = None) -> dict[str, Plugin]:
+    """The plugins as the agent runs them, with Search over the handbook and Solve in-process."""
+    return {"Search": replace(BUILTINS["Search"], run=lambda q: kb_search(kb_file or handbook_kb(), q)),
+            "Calculate": BUILTINS["Calculate"],
+            "Solve": replace(BUILTINS["Solve"], run=solution_of)}
+
+
+def plugin_turn(human: str, thoughts: str, commands: list[Command], reply_of: Any) -> Turn:
+    """A turn whose results come from running the commands; reply_of(results_text) builds the reply."""
+    results = run_commands(commands, synth_plugins())
+    return Turn(human=human, reply=reply_of(results), plugin=True, thoughts=thoughts,
+                commands=protocol.render_commands(commands), results=results)
+
+
+def solve_turn(rng: random.Random, lang: str) -> Turn:
+    eq = equation(rng)
+    solution = solution_of(eq)
+    return plugin_turn(solve_question(rng, eq, lang), SOLVE_THOUGHT[lang].format(eq=eq),
+                       [Command("Solve", eq)], lambda _: solve_reply(solution, lang))
+
+
+# ---------------------------------------------------------------- Search over the handbook
+
+@cache
+def handbook() -> tuple[dict[tuple[str, str], dict], list[dict]]:
+    """({(topic, lang): document}, questions) of the bundled handbook."""
+    docs = {}
+    for line in kb.HANDBOOK.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            d = json.loads(line)
+            docs[(d["topic"], d["lang"])] = d
+    questions = [json.loads(line) for line in QUESTIONS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return docs, questions
+
+
+# The query is the topic's name (the handbook page title). Measured on the 1.3M-parameter speedrun
+# model: asked to copy keywords or the whole question into the command, it wrote memorized training
+# questions instead (13-18% well-formed on held-out questions); naming the topic is a choice among
+# known names, which it learns. The name alone finds the asked fact in the top 3 for 885 of 900
+# handbook questions (the others are left out of training).
+SEARCH_THOUGHT = {"zh": "需要搜索{q}。", "en": "I need to search for {q}."}
+_SNIPPET_RE = re.compile(r'(?m)^<\|(\d+)\|>: "(.*)"$')
+_SENTENCE_RE = re.compile(r"[^。！？!?]*?(?:[。！？!?]|\.(?=\s|$)|$)")
+
+
+def answer_sentence(snippet: str, answer: str) -> str | None:
+    """The sentence of a snippet that contains the answer span."""
+    for sentence in _SENTENCE_RE.findall(snippet):
+        if answer in sentence:
+            return sentence.strip()
+    return None
+
+
+def cited(sentence: str, n: int) -> str:
+    """The sentence with the citation mark before its final punctuation."""
+    body, end = (sentence[:-1], sentence[-1]) if sentence[-1] in "。！？.!?" else (sentence, "")
+    return f"{body}<sup><|{n}|></sup>{end}"
+
+
+def gold_hit(results: str | None, question: dict) -> tuple[int, str] | None:
+    """(citation number, answering sentence) of the first snippet from the right document."""
+    docs, _ = handbook()
+    doc = docs[(question["topic"], question["lang"])]
+    for number, text in _SNIPPET_RE.findall(results or ""):
+        if text in doc["text"] or text in " ".join(doc["text"].split()):
+            sentence = answer_sentence(text, question["answer"])
+            if sentence:
+                return int(number), sentence
+    return None
+
+
+def search_turn(question: dict) -> Turn | None:
+    """The question's Search turn, or None when its query does not find the answer."""
+    docs, _ = handbook()
+    command = Command("Search", docs[(question["topic"], question["lang"])]["title"])
+    results = run_commands([command], synth_plugins())
+    hit = gold_hit(results, question)
+    if hit is None:
+        return None
+    return Turn(human=question["question"], reply=cited(hit[1], hit[0]), plugin=True,
+                thoughts=SEARCH_THOUGHT[question["lang"]].format(q=command.arg),
+                commands=protocol.render_commands([command]), results=results)
+
+
+@cache
+def search_training_turns() -> tuple[Turn, ...]:
+    _, questions = handbook()
+    turns = [search_turn(q) for q in questions if q["split"] == "train" and not topic_heldout(q["topic"])]
+    return tuple(t for t in turns if t is not None)
+
+
+def search_conversation_turn(rng: random.Random, lang: str) -> Turn:
+    pool = [t for t in search_training_turns() if (lang == "zh") == bool(re.search(r"[\u4e00-\u9fff]", t.human))]
+    return rng.choice(pool or search_training_turns())
+
+
+# ---------------------------------------------------------------- several commands in one turn
+
+SHOWN = {"+": "+", "-": "-", "*": "×", "/": "÷"}
+
+
+def _expr(rng: random.Random) -> tuple[str, str]:
+    from .synth import _triple  # the arithmetic space and its held-out split live there
+
+    a, op, b = _triple(rng, ops="+-*")
+    return f"{a}{op}{b}", f"{a}{SHOWN[op]}{b}"
+
+
+def multi_turn(rng: random.Random, lang: str) -> Turn:
+    zh = lang == "zh"
+    kind = rng.randrange(3)
+    if kind == 0:  # two calculations
+        (e1, s1), (e2, s2) = _expr(rng), _expr(rng)
+        human = rng.choice(["分别计算 {a} 和 {b}。", "{a} 和 {b} 各等于多少？"] if zh else
+                           ["Compute {a} and {b}.", "What are {a} and {b}?"]).format(a=s1, b=s2)
+        r1, r2 = calculate(e1), calculate(e2)
+        reply = f"{s1} 等于 {r1}，{s2} 等于 {r2}。" if zh else f"{s1} = {r1}, and {s2} = {r2}."
+        return plugin_turn(human, ("需要计算 {a} 和 {b}。" if zh else "I need to compute {a} and {b}.").format(a=e1, b=e2),
+                           [Command("Calculate", e1), Command("Calculate", e2)], lambda _: reply)
+    if kind == 1:  # two equations
+        q1, q2 = equation(rng, kinds="l"), equation(rng, kinds="lq")
+        human = (rng.choice(["分别解方程 {a} 和 {b}。", "解这两个方程：{a}，{b}"]) if zh else
+                 rng.choice(["Solve {a} and {b} separately.", "Solve these two equations: {a}, {b}"])).format(a=q1, b=q2)
+        t1, t2 = solution_text(solution_of(q1), lang), solution_text(solution_of(q2), lang)
+        reply = (f"第一个方程的解是 {t1}，第二个方程的解是 {t2}。" if zh else
+                 f"The first equation gives {t1}, and the second gives {t2}.")
+        return plugin_turn(human, ("需要分别解 {a} 和 {b}。" if zh else "I need to solve {a} and {b}.").format(a=q1, b=q2),
+                           [Command("Solve", q1), Command("Solve", q2)], lambda _: reply)
+    q, (e, s) = equation(rng, kinds="l"), _expr(rng)  # an equation and a calculation
+    human = (f"先解方程 {q}，再算一下 {s}。" if zh else f"Solve {q}, then compute {s}.")
+    t, r = solution_text(solution_of(q), lang), calculate(e)
+    reply = f"方程的解是 {t}，{s} 等于 {r}。" if zh else f"The solution is {t}, and {s} = {r}."
+    return plugin_turn(human, ("需要解方程 {q} 并计算 {e}。" if zh else "I need to solve {q} and compute {e}.").format(q=q, e=e),
+                       [Command("Solve", q), Command("Calculate", e)], lambda _: reply)
+
+
+# ---------------------------------------------------------------- eval items
+
+def eval_items(rng: random.Random, sizes: dict[str, int]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    while sum(1 for i in items if i["task"] == "solve") < sizes["solve"]:
+        lang = "zh" if len(items) % 2 == 0 else "en"
+        eq = equation(rng, heldout=True)
+        if eq in seen:
+            continue
+        seen.add(eq)
+        items.append({"task": "solve", "lang": lang, "question": solve_question(rng, eq, lang, heldout=rng.random() < 0.3),
+                      "expr": eq, "expected": solution_of(eq)})
+    _, questions = handbook()
+    held = [q for q in questions if q["split"] == "heldout"]
+    for q in rng.sample(held, min(sizes["search"], len(held))):
+        items.append({"task": "search", "lang": q["lang"], "question": q["question"], "topic": q["topic"],
+                      "answer": q["answer"], "topic_seen": not topic_heldout(q["topic"]), "expected": q["answer"]})
+    for _ in range(sizes["multi"]):
+        lang = "zh" if len(items) % 2 == 0 else "en"
+        exprs = []
+        while len(exprs) < 2:
+            from .synth import _triple
+            a, op, b = _triple(rng, heldout=True, ops="+-*")
+            exprs.append((f"{a}{op}{b}", f"{a}{SHOWN[op]}{b}"))
+        (e1, s1), (e2, s2) = exprs
+        question = (f"分别计算 {s1} 和 {s2}。" if lang == "zh" else f"Compute {s1} and {s2}.")
+        items.append({"task": "multi", "lang": lang, "question": question, "exprs": [e1, e2],
+                      "expected": [calculate(e1), calculate(e2)]})
+    return items
+
+
+def search_finds(query: str, item: dict, kb_file: Path | None = None) -> bool:
+    """Whether a Search query brings the item's answer (from its own document) into the top 3."""
+    results = run_commands([Command("Search", query)], {"Search": synth_plugins(kb_file)["Search"]})
+    return gold_hit(results, {"topic": item["topic"], "lang": item["lang"], "answer": item["answer"]}) is not None

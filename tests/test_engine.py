@@ -1,0 +1,163 @@
+"""The batching engine: exact greedy equality with transformers, seeds, prefix reuse, cancel, limits."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from mosslm.engine import SamplingParams
+from mosslm.engine.engine import Engine, EngineConfig, EngineFull, RequestTooLarge
+from mosslm.model import build_model
+
+GREEDY = {"temperature": 0.0}
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_tokenizer):
+    model = build_model("micro", tiny_tokenizer, seed=3, max_position_embeddings=512).float().eval()
+    model.generation_config.eos_token_id = None
+    return model
+
+
+@pytest.fixture(scope="module")
+def qwen2(tiny_tokenizer):
+    torch.manual_seed(4)
+    config = Qwen2Config(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    model = Qwen2ForCausalLM(config).float().eval()
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
+    out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                         max_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def prompts(tok) -> list[list[int]]:
+    shared = "You are MOSS, a helpful assistant. 你好！Answer in the user's language. "
+    texts = [shared + "长江有多长？", shared + "What is 12 times 7?", "abc", shared * 2 + "再见",
+             "一二三四五六七八九十" * 4, shared + "What is 12 times 8?"]
+    return [tok.encode(t, add_special_tokens=False) for t in texts]
+
+
+@pytest.mark.parametrize("which", ["llama", "qwen2"])
+def test_mixed_batch_matches_transformers_token_for_token(which, request, tiny_tokenizer):
+    model = request.getfixturevalue(which)
+    engine = Engine(model, tiny_tokenizer, EngineConfig(max_running=4, kv_budget_mb=16, max_seq_len=256,
+                                                        prefill_chunk=24))
+    try:
+        ps, maxes = prompts(tiny_tokenizer), [20, 9, 30, 14, 25, 18]
+        handles = []
+        for i, (p, m) in enumerate(zip(ps, maxes)):
+            handles.append(engine.submit(p, SamplingParams(max_new_tokens=m, **GREEDY)))
+            if i == 2:  # later requests join while the first ones are decoding
+                next(iter(handles[0]))
+        for p, m, h in zip(ps, maxes, handles):
+            assert h.wait(60).token_ids == hf_greedy(model, p, m)
+        # A second round reuses cached prefixes (in place and copied) and still matches.
+        before = engine.stats()["prefix_hit_tokens"]
+        again = [engine.submit(p, SamplingParams(max_new_tokens=12, **GREEDY)) for p in ps[:2] + ps[-1:]]
+        for p, h in zip(ps[:2] + ps[-1:], again):
+            assert h.wait(60).token_ids == hf_greedy(model, p, 12)
+        assert engine.stats()["prefix_hit_tokens"] - before >= sum(len(p) for p in ps[:2]) - 2
+    finally:
+        engine.shutdown()
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(llama, tiny_tokenizer):
+    engine = Engine(llama, tiny_tokenizer, EngineConfig(max_running=8, kv_budget_mb=16, max_seq_len=256))
+    try:
+        p = prompts(tiny_tokenizer)[0]
+        params = SamplingParams(max_new_tokens=24, temperature=1.0, top_p=0.95, top_k=0, seed=7)
+        alone = engine.generate(p, params).token_ids
+        noise = [engine.submit(q, SamplingParams(max_new_tokens=30, temperature=1.2, seed=i))
+                 for i, q in enumerate(prompts(tiny_tokenizer))]
+        crowded = engine.submit(p, params)
+        assert crowded.wait(60).token_ids == alone
+        assert engine.generate(p, SamplingParams(max_new_tokens=24, temperature=1.0, top_p=0.95, top_k=0,
+                                                 seed=8)).token_ids != alone
+        for h in noise:
+            h.wait(60)
+    finally:
+        engine.shutdown()
+
+
+def test_cancel_frees_the_slot_within_a_step(llama, tiny_tokenizer):
+    engine = Engine(llama, tiny_tokenizer, EngineConfig(max_running=1, max_waiting=4, kv_budget_mb=16, max_seq_len=256))
+    try:
+        p = prompts(tiny_tokenizer)[1]
+        long = engine.submit(p, SamplingParams(max_new_tokens=200, **GREEDY))
+        waiting = engine.submit(p, SamplingParams(max_new_tokens=3, **GREEDY))
+        stream = iter(long)
+        seen = [next(stream), next(stream)]
+        steps = engine.stats()["steps"]
+        long.cancel()
+        assert waiting.wait(30).finish_reason == "length"  # it got the only slot
+        assert long.result.finish_reason == "cancelled" and len(long.result.token_ids) < 200
+        assert "".join(seen + list(stream)) == long.result.text  # the cancelled stream ends, nothing lost
+        # cancelled at most one step after the call, then the waiting request ran its 3 steps
+        assert engine.stats()["steps"] - steps <= 2 + 3 + 1
+        assert engine.stats()["running"] == 0
+    finally:
+        engine.shutdown()
+
+
+def test_full_queue_is_refused_at_once(llama, tiny_tokenizer):
+    engine = Engine(llama, tiny_tokenizer, EngineConfig(max_running=1, max_waiting=1, kv_budget_mb=16, max_seq_len=256))
+    try:
+        p = prompts(tiny_tokenizer)[2]
+        a = engine.submit(p, SamplingParams(max_new_tokens=150, **GREEDY))
+        next(iter(a))  # running
+        b = engine.submit(p, SamplingParams(max_new_tokens=5, **GREEDY))  # waiting
+        t = time.monotonic()
+        with pytest.raises(EngineFull, match="max_running.*max_waiting"):
+            engine.submit(p, SamplingParams(max_new_tokens=5, **GREEDY))
+        assert time.monotonic() - t < 0.1
+        a.cancel()
+        assert b.wait(30).finish_reason == "length"
+    finally:
+        engine.shutdown()
+
+
+def test_requests_that_can_never_fit_get_a_clear_error(llama, tiny_tokenizer):
+    engine = Engine(llama, tiny_tokenizer, EngineConfig(max_running=2, kv_budget_mb=4, max_seq_len=64))
+    try:
+        with pytest.raises(RequestTooLarge, match="at most 64 tokens"):
+            engine.submit(list(range(10, 74)), SamplingParams(max_new_tokens=4))
+        h = engine.submit(list(range(10, 60)), SamplingParams(max_new_tokens=100, **GREEDY))
+        assert len(h.wait(30).token_ids) == 64 - 50 and h.result.finish_reason == "length"  # capped by the slot
+    finally:
+        engine.shutdown()
+    with pytest.raises(ValueError, match="KV budget"):
+        Engine(llama, tiny_tokenizer, EngineConfig(kv_budget_mb=0.001, max_seq_len=512))
+
+
+def test_async_streaming_and_concurrent_threads(llama, tiny_tokenizer):
+    engine = Engine(llama, tiny_tokenizer, EngineConfig(max_running=4, kv_budget_mb=16, max_seq_len=256))
+    try:
+        p = prompts(tiny_tokenizer)[0]
+
+        async def collect():
+            h = engine.submit(p, SamplingParams(max_new_tokens=16, **GREEDY))
+            return "".join([d async for d in h]), h.result.text
+
+        text, full = asyncio.run(collect())
+        assert text == full and text
+        results = [None] * 4
+
+        def worker(i):
+            results[i] = engine.generate(p, SamplingParams(max_new_tokens=16, **GREEDY)).text
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert results == [full] * 4
+    finally:
+        engine.shutdown()
