@@ -21,15 +21,19 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
                    help="weights and KV cache dtype; bf16 halves the bytes read per token (default fp32)")
 
 
+def _sampling_params(args: argparse.Namespace):
+    from .engine import SamplingParams
+
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from .chat import ChatError, answer, build_agent, repl
-    from .engine import SamplingParams
     from .engine.generate import ContextTooLong
 
     try:
-        params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                top_p=args.top_p, top_k=args.top_k,
-                                repetition_penalty=args.repetition_penalty, seed=args.seed)
+        params = _sampling_params(args)
     except ValueError as e:
         print(f"moss chat: {e}", file=sys.stderr)
         return 2
@@ -52,12 +56,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .chat import ChatError, build_agent
-    from .engine import SamplingParams
 
     try:
-        params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                top_p=args.top_p, top_k=args.top_k,
-                                repetition_penalty=args.repetition_penalty, seed=args.seed)
+        params = _sampling_params(args)
         agent = build_agent(args.model, args.plugins, params, plugin_paths=args.plugin_path, dtype=args.dtype)
     except (ValueError, ChatError) as e:
         print(f"moss serve: {e}", file=sys.stderr)
