@@ -54,6 +54,9 @@ def test_bad_input_is_reported(home, tmp_path):
     bad.write_text('{"text": "ok"}\n{"title": "no text"}\n')
     with pytest.raises(kb.KBError, match="bad.jsonl:2"):
         kb.add("t", [str(bad)])
+    assert not kb.kb_path("t").exists()  # a failed first add leaves no empty knowledge base
+    with pytest.raises(kb.KBError, match="no knowledge base"):
+        kb.search("t", "x")
     with pytest.raises(kb.KBError, match="no knowledge base"):
         kb.search("missing", "x")
     with pytest.raises(kb.KBError, match="unsupported"):

@@ -203,7 +203,22 @@ def add(name: str | Path, paths: list[str]) -> dict[str, int]:
         else:
             raise KBError(f"no such file or folder: {p}")
     counts = {"added": 0, "replaced": 0, "unchanged": 0, "chunks": 0}
+    path = kb_path(name)
+    existed = path.exists() or name == DEFAULT_KB  # the default KB is seeded by connect()
     db = connect(name)
+    try:
+        _index(db, files, counts)
+    except BaseException:
+        db.close()
+        if not existed:  # a failed first add leaves no empty knowledge base behind
+            path.unlink(missing_ok=True)
+        raise
+    db.close()
+    return counts
+
+
+def _index(db: sqlite3.Connection, files: list[Path], counts: dict[str, int]) -> None:
+    """Add or replace the files' chunks in one transaction (all or nothing)."""
     with db:
         for f in files:
             key = str(f.resolve())
@@ -223,8 +238,6 @@ def add(name: str | Path, paths: list[str]) -> dict[str, int]:
                     counts["chunks"] += 1
             db.execute("INSERT OR REPLACE INTO files(path, sha256) VALUES (?, ?)", (key, digest))
             counts["replaced" if old else "added"] += 1
-    db.close()
-    return counts
 
 
 _TERM_RE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+|[^\W_]+")
