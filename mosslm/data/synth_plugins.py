@@ -29,7 +29,6 @@ from ..protocol import Command, Turn
 
 QUESTIONS = kb.HANDBOOK.with_name("questions.jsonl")
 HELDOUT_PERMILLE = 100
-HELDOUT_TOPIC_PERMILLE = 0  # whole handbook topics kept out of training (none: see search_turn)
 
 # ---------------------------------------------------------------- held-out splits
 
@@ -40,10 +39,6 @@ def _permille(key: str) -> int:
 
 def equation_heldout(equation: str) -> bool:
     return _permille("eq:" + equation.replace(" ", "")) < HELDOUT_PERMILLE
-
-
-def topic_heldout(topic: str) -> bool:
-    return _permille("topic:" + topic) < HELDOUT_TOPIC_PERMILLE
 
 
 # ---------------------------------------------------------------- equations
@@ -259,15 +254,15 @@ def search_turn(question: dict) -> Turn | None:
 
 
 @cache
-def search_training_turns() -> tuple[Turn, ...]:
+def search_training_turns(lang: str) -> tuple[Turn, ...]:
+    """The Search turns of the handbook's training questions in one language, built once."""
     _, questions = handbook()
-    turns = [search_turn(q) for q in questions if q["split"] == "train" and not topic_heldout(q["topic"])]
+    turns = [search_turn(q) for q in questions if q["split"] == "train" and q["lang"] == lang]
     return tuple(t for t in turns if t is not None)
 
 
 def search_conversation_turn(rng: random.Random, lang: str) -> Turn:
-    pool = [t for t in search_training_turns() if (lang == "zh") == bool(re.search(r"[\u4e00-\u9fff]", t.human))]
-    return rng.choice(pool or search_training_turns())
+    return rng.choice(search_training_turns(lang))
 
 
 # ---------------------------------------------------------------- several commands in one turn
@@ -327,7 +322,7 @@ def eval_items(rng: random.Random, sizes: dict[str, int]) -> list[dict[str, Any]
     held = [q for q in questions if q["split"] == "heldout"]
     for q in rng.sample(held, min(sizes["search"], len(held))):
         items.append({"task": "search", "lang": q["lang"], "question": q["question"], "topic": q["topic"],
-                      "answer": q["answer"], "topic_seen": not topic_heldout(q["topic"]), "expected": q["answer"]})
+                      "answer": q["answer"], "expected": q["answer"]})
     for _ in range(sizes["multi"]):
         lang = "zh" if len(items) % 2 == 0 else "en"
         exprs = []
