@@ -51,6 +51,7 @@ def test_mixed_batch_matches_transformers_token_for_token(which, request, tiny_t
     engine = Engine(model, tiny_tokenizer, EngineConfig(max_running=4, kv_budget_mb=16, max_seq_len=256,
                                                         prefill_chunk=24))
     try:
+        assert engine.packed  # the engine computes with oneDNN-packed weights; transformers with F.linear
         ps, maxes = prompts(tiny_tokenizer), [20, 9, 30, 14, 25, 18]
         handles = []
         for i, (p, m) in enumerate(zip(ps, maxes)):
@@ -161,3 +162,59 @@ def test_async_streaming_and_concurrent_threads(llama, tiny_tokenizer):
         assert results == [full] * 4
     finally:
         engine.shutdown()
+
+
+def test_packed_weights_serve_only_the_engine_thread(tiny_tokenizer, monkeypatch):
+    from mosslm.engine import cpu
+
+    model = build_model("micro", tiny_tokenizer, seed=5, max_position_embeddings=512).float().eval()
+    ids = torch.tensor([tiny_tokenizer.encode("你好, MOSS! 12*7=?", add_special_tokens=False)])
+    n_linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    with torch.inference_mode():
+        before_prompt, before_last = model(ids).logits, model(ids[:, -1:]).logits
+        assert cpu.pack_linears(model)
+        assert model(ids).logits.equal(before_prompt)  # outside engine_calls(): plain F.linear, bit for bit
+        packed, calls = cpu._packed_linear, []
+        monkeypatch.setattr(cpu, "_packed_linear", lambda x, w, b: calls.append(x.shape) or packed(x, w, b))
+        with cpu.engine_calls():
+            prompt, last = model(ids).logits, model(ids[:, -1:]).logits
+        assert len(calls) == 2 * n_linears  # every linear, for the prompt and for the single row
+        model(ids[:, -1:])
+        assert len(calls) == 2 * n_linears  # off again after the block
+    torch.testing.assert_close(prompt, before_prompt, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last, before_last, rtol=1e-4, atol=1e-4)
+
+
+def test_packing_is_skipped_for_models_too_large_to_copy(tiny_tokenizer, monkeypatch):
+    from mosslm.engine import cpu
+
+    monkeypatch.setattr(cpu, "MAX_PACKED_BYTES", 1000)
+    model = build_model("micro", tiny_tokenizer, seed=5).float().eval()
+    assert not cpu.pack_linears(model)
+    assert not any(hasattr(m, "_mosslm_packed") for m in model.modules())
+
+
+def test_release_openmp_team_frees_the_idle_workers():
+    import os
+
+    from mosslm.engine import cpu
+
+    if torch.get_num_threads() < 2 or cpu._openmp_runtime() is None:
+        pytest.skip("needs an OpenMP torch build and at least 2 threads")
+
+    def run_parallel_op_and_count() -> tuple[int, int]:
+        torch.randn(512, 512) @ torch.randn(512, 512)  # leaves this thread an OpenMP team
+        torch.randn(1 << 20).add_(1)
+        before = len(os.listdir("/proc/self/task"))
+        assert cpu.release_openmp_team()
+        deadline = time.monotonic() + 2
+        while len(os.listdir("/proc/self/task")) >= before and time.monotonic() < deadline:
+            time.sleep(0.01)  # exiting threads may linger a moment
+        return before, len(os.listdir("/proc/self/task"))
+
+    counts: list[tuple[int, int]] = []
+    worker = threading.Thread(target=lambda: counts.append(run_parallel_op_and_count()))
+    worker.start()
+    worker.join()
+    before, after = counts[0]
+    assert after < before

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import itertools
 import queue
 import threading
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import cpu
 from .detokenizer import IncrementalDetokenizer, StopMatcher
 from .generate import Generation, _cache_keyword
 from .kv_cache import SlotKV, SlotTable
@@ -62,6 +64,7 @@ class EngineConfig:
     kv_budget_mb: float = 2048.0   # memory for the KV cache; sets the number of slots
     prefill_chunk: int = 256       # prompt tokens read per step, over all prefilling requests
     prefix_caching: bool = True    # reuse the KV of prompt prefixes already in a slot
+    cpu_fast_paths: bool = True    # on CPU: release the loading thread's OpenMP team, oneDNN-packed weights (cpu.py)
 
 
 @dataclass
@@ -140,6 +143,7 @@ class Engine:
         self.max_seq_len = cfg.max_seq_len or min(context, 4096)
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.packed = cfg.cpu_fast_paths and self.device.type == "cpu" and cpu.pack_linears(model, cfg.max_running)
         per_token = SlotKV.bytes_per_token(mc) * param.element_size()
         n_slots = int(cfg.kv_budget_mb * 2**20 // (per_token * self.max_seq_len))
         # Slots beyond max_running only keep prefixes for reuse; a few dozen are plenty.
@@ -165,6 +169,8 @@ class Engine:
         self._running: list[Request] = []
         self._stopped = False
         self.steps = 0
+        if cfg.cpu_fast_paths and self.device.type == "cpu":
+            cpu.release_openmp_team()  # last: allocating the cache above runs parallel fills on this thread
         self._thread = threading.Thread(target=self._loop, name="mosslm-engine", daemon=True)
         self._thread.start()
         atexit.register(self.shutdown)  # a thread still inside torch at interpreter exit aborts the process
@@ -304,10 +310,11 @@ class Engine:
         allowed = torch.arange(kv_len).view(1, 1, kv_len) <= q_pos.unsqueeze(2)            # causal, per row
         mask = torch.zeros(len(tokens), 1, n, kv_len, dtype=self.dtype)
         mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(self.dtype).min)
-        out = self.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                           position_ids=q_pos.to(self.device), use_cache=True, **{self._cache_kw: self.kv})
-        hidden = out.last_hidden_state[torch.arange(len(tokens)), torch.tensor(lengths) - 1]
-        return self.head(hidden).float()
+        with cpu.engine_calls() if self.packed else contextlib.nullcontext():
+            out = self.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                               position_ids=q_pos.to(self.device), use_cache=True, **{self._cache_kw: self.kv})
+            hidden = out.last_hidden_state[torch.arange(len(tokens)), torch.tensor(lengths) - 1]
+            return self.head(hidden).float()
 
     def _sample(self, reqs: list[Request], logits: torch.Tensor) -> None:
         now = time.monotonic()
