@@ -30,6 +30,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024),
+    "mini": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4,  # ~4M with a 4k vocab
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024),
     "small": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=10,  # ~34M with an 8k vocab
                   num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048),
     "base": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12,

@@ -204,11 +204,13 @@ def handbook() -> tuple[dict[tuple[str, str], dict], list[dict]]:
     return docs, questions
 
 
-# The query is the topic's name (the handbook page title). Measured on the 1.3M-parameter speedrun
-# model: asked to copy keywords or the whole question into the command, it wrote memorized training
-# questions instead (13-18% well-formed on held-out questions); naming the topic is a choice among
-# known names, which it learns. The name alone finds the asked fact in the top 3 for 885 of 900
-# handbook questions (the others are left out of training).
+# The query is the topic's name (the handbook page title). Measured on the speedrun models: asked to
+# copy keywords or the whole question into the command, they wrote memorized or garbled questions
+# instead (13-18% well-formed on held-out questions with the 1.3M model; 15% with the 4M `mini`
+# model even when every training message was made unique by a random lead-in, so that copying beat
+# memorizing). Naming the topic is a choice among known names: 42-45% with either model. The name
+# alone finds the asked fact in the top 3 for 885 of 900 handbook questions (the others are left
+# out of training).
 SEARCH_THOUGHT = {"zh": "需要搜索{q}。", "en": "I need to search for {q}."}
 _SNIPPET_RE = re.compile(r'(?m)^<\|(\d+)\|>: "(.*)"$')
 _SENTENCE_RE = re.compile(r"[^。！？!?]*?(?:[。！？!?]|\.(?=\s|$)|$)")
