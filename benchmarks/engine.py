@@ -8,8 +8,10 @@ and llama.cpp (llama-cpp-python) on the same weights when it is installed.
 Every request is the MOSS meta instruction plus a short user message, and
 generates exactly --new-tokens tokens (no early stop), greedy. Decode tok/s
 counts tokens after the first one over the time after the first one (prefill
-excluded); aggregate tok/s counts all tokens over the wall time. The last line
-is JSON with every figure and the ratios to the transformers batch-1 baseline.
+excluded); aggregate tok/s counts all tokens over the wall time (also given for
+the engine at batch 1, so that the concurrent runs compare like for like). The
+last line is JSON with every figure and the ratios to the transformers batch-1
+baseline.
 """
 
 from __future__ import annotations
