@@ -143,7 +143,8 @@ class Engine:
         self.max_seq_len = cfg.max_seq_len or min(context, 4096)
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        self.packed = cfg.cpu_fast_paths and self.device.type == "cpu" and cpu.pack_linears(model, cfg.max_running)
+        cpu_paths = cfg.cpu_fast_paths and self.device.type == "cpu"
+        self.packed = cpu_paths and cpu.pack_linears(model, cfg.max_running)
         per_token = SlotKV.bytes_per_token(mc) * param.element_size()
         n_slots = int(cfg.kv_budget_mb * 2**20 // (per_token * self.max_seq_len))
         # Slots beyond max_running only keep prefixes for reuse; a few dozen are plenty.
@@ -169,7 +170,7 @@ class Engine:
         self._running: list[Request] = []
         self._stopped = False
         self.steps = 0
-        if cfg.cpu_fast_paths and self.device.type == "cpu":
+        if cpu_paths:
             cpu.release_openmp_team()  # last: allocating the cache above runs parallel fills on this thread
         self._thread = threading.Thread(target=self._loop, name="mosslm-engine", daemon=True)
         self._thread.start()
