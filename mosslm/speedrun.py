@@ -127,7 +127,8 @@ def write_report(out: Path, s: dict[str, Any]) -> Path:
     for name, st in s["stages"].items():
         c = st["config"]
         lines += [f"### {name}", "",
-                  f"- model preset `{c['preset']}`, seq_len {c['seq_len']}, batch {c['batch_size']}, "
+                  (f"- starts from `{Path(c['init']).parent.name}/final`" if c.get("init") else f"- model preset `{c['preset']}`")
+                  + f", seq_len {c['seq_len']}, batch {c['batch_size']}, "
                   f"{st['steps']} steps, lr {c['lr']}, {c['dtype']}, compile {c['compile']}",
                   f"- tokens seen: {st['tokens']:,}" if st["tokens"] else "- tokens seen: n/a",
                   f"- loss: {st['first_loss']:.3f} -> {st['last_loss']:.3f}"

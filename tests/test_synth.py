@@ -141,11 +141,34 @@ def test_solve_and_search_eval_items_are_held_out(corpus):
         assert item["expected"] == _solve_now(item["expr"])
     for item in search:
         assert item["question"] not in humans
-    # Search commands name the handbook page of the question's topic.
+    # A Search command names the handbook page of the question's topic; most Search turns ask
+    # about a span of a handbook sentence, so their questions are nearly all distinct.
     docs, _ = synth_plugins.handbook()
     titles = {d["title"] for d in docs.values()}
-    assert {c.arg for conv in train_and_val(out) for t in conv.turns for c in t.parsed_commands()
-            if c.name == "Search"} <= titles
+    searches = [t for conv in train_and_val(out) for t in conv.turns
+                if [c.name for c in t.parsed_commands()] == ["Search"]]
+    assert searches and {t.parsed_commands()[0].arg for t in searches} <= titles
+    questions = [t.human for t in searches]
+    assert len(set(questions)) > 0.6 * len(questions)
+
+
+def test_search_turns_about_spans_name_the_page_and_answer_from_its_text():
+    import random
+
+    docs, _ = synth_plugins.handbook()
+    by_title = {d["title"]: d for d in docs.values()}
+    rng = random.Random(3)
+    for lang in ("zh", "en"):
+        for named in (True, False):
+            for _ in range(15):
+                turn = synth_plugins.span_search_turn(rng, lang, named)
+                [command] = turn.parsed_commands()
+                doc = by_title[command.arg]
+                assert doc["lang"] == lang
+                if named:
+                    assert any(alias in turn.human for alias in doc["aliases"])
+                sentence = re.sub(r"<sup><\|\d+\|></sup>", "", turn.reply)
+                assert sentence in " ".join(doc["text"].split()), (turn.human, turn.reply)
 
 
 def _train_keys(out):

@@ -56,9 +56,9 @@ RECIPES = {
         _EVAL_BASE),
     # All three text plugins: Solve, Search over the bundled handbook, two commands in one turn.
     "plugins": Recipe(
-        ("Search", "Calculate", "Solve"), 8000,
-        {"arithmetic": 0.18, "identity": 0.09, "smalltalk": 0.07, "multiturn": 0.07, "refusal": 0.11,
-         "benign": 0.12, "language": 0.04, "solve": 0.13, "search": 0.16, "multi": 0.03},
+        ("Search", "Calculate", "Solve"), 10000,
+        {"arithmetic": 0.14, "identity": 0.07, "smalltalk": 0.07, "multiturn": 0.05, "refusal": 0.10,
+         "benign": 0.11, "language": 0.04, "solve": 0.13, "search": 0.26, "multi": 0.03},
         {"arithmetic": 0.22, "facts": 0.12, "descriptions": 0.09, "daily": 0.18, "code": 0.09, "bilingual": 0.13,
          "handbook": 0.06, "equations": 0.06, "echo": 0.05},
         {**_EVAL_BASE, "solve": (60, 8), "search": (60, 8), "multi": (20, 4)}),

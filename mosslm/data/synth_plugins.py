@@ -204,14 +204,23 @@ def handbook() -> tuple[dict[tuple[str, str], dict], list[dict]]:
     return docs, questions
 
 
-# The query is the topic's name (the handbook page title). Measured on the speedrun models: asked to
-# copy keywords or the whole question into the command, they wrote memorized or garbled questions
-# instead (13-18% well-formed on held-out questions with the 1.3M model; 15% with the 4M `mini`
-# model even when every training message was made unique by a random lead-in, so that copying beat
-# memorizing). Naming the topic is a choice among known names: 42-45% with either model. The name
-# alone finds the asked fact in the top 3 for 885 of 900 handbook questions (the others are left
-# out of training).
+# The query names the question's topic: the handbook page title, which finds the asked fact in the
+# top 3 for 885 of 900 handbook questions (the others are left out of training). The speedrun models
+# cannot copy a whole unseen question into the command (measured: they write back a remembered
+# question, 15-22% well-formed even with thousands of distinct questions), but naming one of 30
+# pages is a classification they learn when they see each page's vocabulary and names often
+# enough. Measured on the `mini` plugins speedrun, right page on held-out questions: 43% with the
+# handbook's training questions only, 53% adding questions about random spans of its sentences, 73%
+# and then 95% (1500 steps) as more of those questions name the topic by one of the page's aliases.
 SEARCH_THOUGHT = {"zh": "需要搜索{q}。", "en": "I need to search for {q}."}
+SPAN_FRAMES = {
+    "zh": ["我想了解一下{s}。", "请帮我查一下：{s}", "关于“{s}”，你知道些什么？", "{s}，这是怎么回事？",
+           "听说{s}，是真的吗？", "帮我搜一下{s}的相关信息。", "能讲讲{s}吗？", "告诉我有关{s}的内容。",
+           "{s}？", "查一查：{s}。"],
+    "en": ["Tell me more about {s}.", "Can you look up {s}?", "What do you know about \u2018{s}\u2019?",
+           "I read that {s}. Is that right?", "Search for {s}, please.", "Find something on {s}.",
+           "{s}?", "Explain {s} to me.", "Is it true that {s}?", "Look up: {s}."],
+}
 _SNIPPET_RE = re.compile(r'(?m)^<\|(\d+)\|>: "(.*)"$')
 _SENTENCE_RE = re.compile(r"[^。！？!?]*?(?:[。！？!?]|\.(?=\s|$)|$)")
 
@@ -230,29 +239,37 @@ def cited(sentence: str, n: int) -> str:
     return f"{body}<sup><|{n}|></sup>{end}"
 
 
-def gold_hit(results: str | None, question: dict) -> tuple[int, str] | None:
-    """(citation number, answering sentence) of the first snippet from the right document."""
-    docs, _ = handbook()
-    doc = docs[(question["topic"], question["lang"])]
+def _hit(results: str | None, doc: dict, answer: str) -> tuple[int, str] | None:
+    """(citation number, answering sentence) of the first snippet from `doc` holding `answer`."""
     for number, text in _SNIPPET_RE.findall(results or ""):
         if text in doc["text"] or text in " ".join(doc["text"].split()):
-            sentence = answer_sentence(text, question["answer"])
+            sentence = answer_sentence(text, answer)
             if sentence:
                 return int(number), sentence
     return None
 
 
+def gold_hit(results: str | None, question: dict) -> tuple[int, str] | None:
+    """(citation number, answering sentence) of the first snippet from the question's document."""
+    docs, _ = handbook()
+    return _hit(results, docs[(question["topic"], question["lang"])], question["answer"])
+
+
+def _search_turn(human: str, lang: str, doc: dict, answer: str) -> Turn | None:
+    command = Command("Search", doc["title"])
+    results = run_commands([command], synth_plugins())
+    hit = _hit(results, doc, answer)
+    if hit is None:
+        return None
+    return Turn(human=human, reply=cited(hit[1], hit[0]), plugin=True, thoughts=SEARCH_THOUGHT[lang].format(q=doc["title"]),
+                commands=protocol.render_commands([command]), results=results)
+
+
 def search_turn(question: dict) -> Turn | None:
     """The question's Search turn, or None when its query does not find the answer."""
     docs, _ = handbook()
-    command = Command("Search", docs[(question["topic"], question["lang"])]["title"])
-    results = run_commands([command], synth_plugins())
-    hit = gold_hit(results, question)
-    if hit is None:
-        return None
-    return Turn(human=question["question"], reply=cited(hit[1], hit[0]), plugin=True,
-                thoughts=SEARCH_THOUGHT[question["lang"]].format(q=command.arg),
-                commands=protocol.render_commands([command]), results=results)
+    return _search_turn(question["question"], question["lang"], docs[(question["topic"], question["lang"])],
+                        question["answer"])
 
 
 @cache
@@ -263,8 +280,70 @@ def search_training_turns(lang: str) -> tuple[Turn, ...]:
     return tuple(t for t in turns if t is not None)
 
 
+@cache
+def handbook_sentences(lang: str) -> tuple[tuple[dict, str], ...]:
+    """(document, sentence) for every sentence of the handbook in one language."""
+    docs, _ = handbook()
+    return tuple((d, s.strip()) for (_, lg), d in sorted(docs.items()) if lg == lang
+                 for s in _SENTENCE_RE.findall(d["text"]) if len(s.strip()) > 8)
+
+
+def _span(rng: random.Random, sentence: str, lang: str) -> str:
+    """A clause of a sentence, or a stretch of one (4-14 characters, or 2-7 English words),
+    starting at the clause's start half of the time."""
+    clauses = [c.strip() for c in re.split(r"[，、；：,;:]", sentence.rstrip("。！？.!?")) if c.strip()]
+    clause = rng.choice(clauses)
+    units = list(clause) if lang == "zh" else clause.split()
+    short, long = (4, 14) if lang == "zh" else (2, 7)
+    if len(units) > long + 2:
+        n = rng.randint(short, long)
+        i = 0 if rng.random() < 0.5 else rng.randint(0, len(units) - n)
+        units = units[i:i + n]
+    return ("" if lang == "zh" else " ").join(units)
+
+
+# Questions that name the topic (by one of the page's aliases) and ask about a span of its text,
+# in the frames people use for lookups, so that the name in a question decides the page.
+NAMED_FRAMES = {
+    "zh": ["关于{a}，{s}是怎么回事？", "告诉我{a}的相关情况：{s}。", "我想知道{a}的事，比如{s}。", "{a}：{s}？",
+           "请问{a}，{s}吗？", "我在查{a}的资料，{s}，能说说吗？", "给我讲讲{a}：{s}。", "帮我确认一下{a}的情况，{s}。",
+           "说到{a}，{s}是什么意思？", "列出{a}的要点，例如{s}。", "解释一下{a}中的“{s}”。", "{s}，这和{a}有什么关系？"],
+    "en": ["About {a}: {s}?", "Tell me about {a}, especially {s}.", "I want to know about {a}: {s}.",
+           "Regarding {a}, what about {s}?", "Explain {s} in {a}.", "Describe {a}: {s}.", "List the facts about {a}, like {s}.",
+           "What does {s} mean for {a}?", "Which part of {a} is {s}?", "Can you check {a} for me? {s}.",
+           "When it comes to {a}, {s}?", "How is {s} related to {a}?"],
+}
+
+
+def span_search_turn(rng: random.Random, lang: str, named: bool = False) -> Turn:
+    """A question about a random span of a handbook sentence, naming the page's topic by an alias
+    when `named`; the reply is that sentence, cited."""
+    while True:
+        doc, sentence = rng.choice(handbook_sentences(lang))
+        span = _span(rng, sentence, lang)
+        if len(span) < 4:
+            continue
+        if named:
+            if lang == "en" and span[1:2].islower():
+                span = span[0].lower() + span[1:]
+            human = rng.choice(NAMED_FRAMES[lang]).format(a=rng.choice(doc["aliases"]), s=span)
+        else:
+            human = rng.choice(SPAN_FRAMES[lang]).format(s=span)
+        turn = _search_turn(human, lang, doc, span)
+        if turn is not None:
+            return turn
+
+
 def search_conversation_turn(rng: random.Random, lang: str) -> Turn:
+    draw = rng.random()
+    if draw < NAMED_SHARE:
+        return span_search_turn(rng, lang, named=True)
+    if draw < NAMED_SHARE + SPAN_SHARE:
+        return span_search_turn(rng, lang)
     return rng.choice(search_training_turns(lang))
+
+
+NAMED_SHARE, SPAN_SHARE = 0.55, 0.2
 
 
 # ---------------------------------------------------------------- several commands in one turn
