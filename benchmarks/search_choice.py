@@ -2,8 +2,8 @@
 
     python benchmarks/search_choice.py runs/speedrun-plugins/sft/final
 
-Each of the 360 held-out questions of mosslm/resources/kb/questions.jsonl goes through the same agent
-and scoring as the speedrun's quick eval (plugins Search, Calculate and Solve on, greedy): a Search
+Each of the 360 held-out questions of mosslm/resources/kb/questions.jsonl goes through the speedrun quick eval's agent
+(quick.eval_agent: greedy, the plugins the model was trained with) and its scoring: a Search
 call is well-formed when it is the turn's only command and its query brings the asked fact's passage
 into the top 3; an answer is correct when the reply contains the fact. Prints one row per language
 and the total, then the same numbers as one line of JSON.
@@ -19,11 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mosslm.agent import Agent, ModelGenerator
 from mosslm.data import synth_plugins
-from mosslm.engine import SamplingParams
 from mosslm.eval import quick
-from mosslm.model import load
 
 METRICS = ("search_well_formed", "answer_correct")
 
@@ -33,10 +30,7 @@ def main() -> int:
     parser.add_argument("model", help="a checkpoint folder trained with the plugins recipe")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     args = parser.parse_args()
-    agent = Agent(ModelGenerator(load(args.model)), speaks_moss=True, preset="mosslm",
-                  params=SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.0),
-                  available=synth_plugins.synth_plugins())
-    agent.set_plugins(["Search", "Calculate", "Solve"])
+    agent = quick.eval_agent(args.model, args.max_new_tokens)
     _, questions = synth_plugins.handbook()
     hits: Counter = Counter()
     for q in (q for q in questions if q["split"] == "heldout"):

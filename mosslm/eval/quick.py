@@ -78,16 +78,11 @@ def _solve_known_first(equations: str) -> str | None:
     return synth_plugins.KNOWN_SOLUTIONS.get(equations) or solve(equations, timeout=5.0)
 
 
-def run(model_dir: str | Path, eval_path: str | Path, limit_per_task: int | None = None,
-        max_new_tokens: int = 96, progress: bool = True, samples_per_task: int = 3) -> dict:
-    """Returns {"metrics": {task: {metric: share}}, "counts": ..., "samples": [...]}."""
+def eval_agent(model_dir: str | Path, max_new_tokens: int = 96) -> Agent:
+    """The agent the eval talks to: greedy, with the plugins the model was trained with, as `moss chat`
+    sets them; Search over a fresh index of the bundled handbook (not the user's default KB), Solve
+    answering known equations at once and anything else in the real, time-limited worker."""
     loaded = load(model_dir)
-    items = load_items(eval_path, limit_per_task)
-    for item in items:  # the eval's equations have known solutions: no sympy worker per item
-        if item["task"] == "solve":
-            synth_plugins.KNOWN_SOLUTIONS[item["expr"]] = item["expected"]
-    # Search runs over a fresh index of the bundled handbook (not the user's default KB);
-    # Solve answers known equations at once and anything else in the real, time-limited worker.
     plugins = synth_plugins.synth_plugins()
     plugins["Solve"] = replace(plugins["Solve"], run=_solve_known_first)
     agent = Agent(ModelGenerator(loaded), speaks_moss=True, preset=loaded.protocol or "mosslm",
@@ -95,7 +90,18 @@ def run(model_dir: str | Path, eval_path: str | Path, limit_per_task: int | None
                   available=plugins)
     meta = Path(model_dir) / "mosslm.json"
     trained = json.loads(meta.read_text()).get("plugins") if meta.exists() else None
-    agent.set_plugins(trained or ["Calculate"])  # the plugins the model was trained with, as `moss chat` does
+    agent.set_plugins(trained or ["Calculate"])
+    return agent
+
+
+def run(model_dir: str | Path, eval_path: str | Path, limit_per_task: int | None = None,
+        max_new_tokens: int = 96, progress: bool = True, samples_per_task: int = 3) -> dict:
+    """Returns {"metrics": {task: {metric: share}}, "counts": ..., "samples": [...]}."""
+    items = load_items(eval_path, limit_per_task)
+    for item in items:  # the eval's equations have known solutions: no sympy worker per item
+        if item["task"] == "solve":
+            synth_plugins.KNOWN_SOLUTIONS[item["expr"]] = item["expected"]
+    agent = eval_agent(model_dir, max_new_tokens)
     hits: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     counts: dict[str, int] = defaultdict(int)
     samples: list[dict] = []
