@@ -2,8 +2,14 @@
 4, 16 and 32 concurrent requests, prefix caching of the MOSS meta instruction,
 and llama.cpp (llama-cpp-python) on the same weights when it is installed.
 
-    python benchmarks/engine.py --model DIR_OR_GGUF [--new-tokens 64] [--dtype fp32]
+    python benchmarks/engine.py --model DIR_OR_GGUF [--new-tokens 64] [--dtype auto] [--isa both]
     python benchmarks/engine.py --model preset:small --tokenizer TOKENIZER_DIR   # a random 34M-class model
+
+`--isa both` (the default on an AVX-512 CPU) runs everything twice, each in its
+own process: on this CPU as it is, and with the kernels capped at AVX2 (as on
+most laptops), then prints both settings side by side (benchmarks/isa.py).
+`--dtype auto` (default) takes the precision `moss chat` would take in that
+setting; transformers runs at the same dtype.
 
 Every request is the MOSS meta instruction plus a short user message, and
 generates exactly --new-tokens tokens (no early stop), greedy. Decode tok/s
@@ -27,7 +33,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import isa  # noqa: E402  (benchmarks/isa.py)
 from mosslm import protocol
 from mosslm.engine import SamplingParams
 from mosslm.engine.engine import Engine, EngineConfig
@@ -39,6 +47,12 @@ MESSAGES = ["你好！", "What is 2+2?", "讲个笑话吧。", "Who are you?", "
 
 def prompt_text(i: int) -> str:
     return protocol.meta_instruction("moss") + f"<|Human|>: {MESSAGES[i % len(MESSAGES)]} ({i})<eoh>\n<|MOSS|>:"
+
+
+def resolve_dtype(name: str, model) -> torch.dtype:
+    from mosslm.hardware import Workload, choose_dtype
+
+    return choose_dtype(name, "cpu", Workload.decoding(model.config))
 
 
 def load_model(spec: str, tokenizer_dir: str | None, dtype: torch.dtype):
@@ -123,25 +137,33 @@ def main() -> None:
     ap.add_argument("--tokenizer", help="tokenizer folder for preset:NAME")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--batch1-prompts", type=int, default=3)
-    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                    help="dtype of the transformers baseline (fp32: what from_pretrained gives on a CPU)")
+    ap.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="dtype of the transformers baseline and the engine (auto: what `moss chat` picks here)")
     ap.add_argument("--engine-dtype", choices=["fp32", "bf16"], default=None,
                     help="dtype the engine serves in (default: --dtype); when it differs, transformers is "
                          "also measured at the engine's dtype")
     ap.add_argument("--max-seq-len", type=int, default=1024)
+    isa.add_argument(ap)
     args = ap.parse_args()
+    settings = isa.run_settings(args)
+    if settings is not None:
+        return summarize(settings)
     torch.manual_seed(0)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    model, tok, gguf = load_model(args.model, args.tokenizer, torch.float32)
+    choice = resolve_dtype(args.dtype, model)
+    args.dtype = choice.dtype
     dtype = dtypes[args.dtype]
     engine_dtype = dtypes[args.engine_dtype or args.dtype]
-    model, tok, gguf = load_model(args.model, args.tokenizer, dtype)
+    model = model.to(dtype)
     n_params = sum(p.numel() for p in model.parameters())
     prompt_len = len(tok.encode(prompt_text(0), add_special_tokens=False))
     print(f"model {args.model}: {n_params / 1e6:.1f}M parameters, transformers {args.dtype}, engine "
           f"{args.engine_dtype or args.dtype}, {torch.get_num_threads()} threads; "
           f"prompt ~{prompt_len} tokens (MOSS meta instruction + a short message), {args.new_tokens} new tokens")
     new = args.new_tokens
-    res: dict = {"model": args.model, "params_m": round(n_params / 1e6, 1), "dtype": args.dtype,
+    res: dict = {"model": args.model, "setting": isa.setting(), "isa": torch.backends.cpu.get_cpu_capability(),
+                 "dtype_choice": choice.line(), "params_m": round(n_params / 1e6, 1), "dtype": args.dtype,
                  "prompt_tokens": prompt_len, "new_tokens": new}
 
     hf = hf_batch1(model, tok, args.batch1_prompts, new)
@@ -160,6 +182,8 @@ def main() -> None:
         return Engine(model, tok, cfg)
 
     eng = engine()
+    res["engine_linears"] = eng.packing.reason if eng.packing is not None else "stock F.linear"
+    print(f"engine linears: {res['engine_linears']}", file=sys.stderr, flush=True)
     run_engine(eng, tok, [999], 4)  # warm-up
     b1 = [run_engine(eng, tok, [i], new) for i in range(args.batch1_prompts)]
     res["engine_batch1_tok_s"] = statistics.median(r["decode_tok_s"] for r in b1)
@@ -185,6 +209,15 @@ def main() -> None:
     res["ttft_p50_uncached_s"], res["ttft_p50_prefix_cached_s"] = statistics.median(ttft_cold), statistics.median(ttft_warm)
     res["llamacpp_batch1_tok_s"] = llamacpp_batch1(gguf, args.batch1_prompts, new)
 
+    # Batch-1 decode reads every linear weight once a token: how close each comes to the memory bandwidth.
+    from mosslm.hardware import copy_bandwidth_gbs
+
+    weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
+                       if isinstance(m, torch.nn.Linear))
+    res["linear_weight_mb"] = weight_bytes / 2**20
+    res["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
+    res["hf_batch1_weight_read_gbs"] = weight_bytes * res["hf_batch1_tok_s"] / 1e9
+    res["engine_batch1_weight_read_gbs"] = weight_bytes * res["engine_batch1_tok_s"] / 1e9
     base = res["hf_batch1_tok_s"]
     ratios = {f"{k}_vs_hf_batch1": v / base for k, v in res.items()
               if k.endswith("_tok_s") and k != "hf_batch1_tok_s" and v is not None}
@@ -215,11 +248,29 @@ def main() -> None:
     print(f"\nprefix caching, short messages one at a time: TTFT p50 {res['ttft_p50_uncached_s']:.3f} s uncached -> "
           f"{res['ttft_p50_prefix_cached_s']:.3f} s with the meta instruction cached "
           f"({res['prefix_cache_ttft_speedup']:.1f}x)")
+    print(f"batch 1 reads {res['linear_weight_mb']:.0f} MB of linear weights a token: transformers at "
+          f"{res['hf_batch1_weight_read_gbs']:.1f} GB/s, the engine at {res['engine_batch1_weight_read_gbs']:.1f} GB/s; "
+          f"this machine copies memory at {res['copy_bandwidth_gbs']:.1f} GB/s (read + write)")
     print(f"16 concurrent (aggregate) vs engine batch 1: {res['engine_c16_vs_engine_batch1']:.1f}x its decode tok/s, "
           f"{res['engine_c16_vs_engine_batch1_aggregate']:.1f}x its aggregate tok/s "
           f"({res['engine_batch1_aggregate_tok_s']:.1f}); vs transformers batch 1: "
           f"{res['engine_c16_tok_s_vs_hf_batch1']:.1f}x")
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}))
+
+
+def summarize(settings: list[tuple[str, dict]]) -> None:
+    """Both settings side by side, with the acceptance ratios."""
+    print("\n| setting | dtype | HF batch 1 | engine batch 1 | vs HF (>= 1.2x) | 16 concurrent | "
+          "vs engine batch 1 (>= 5x) | weight read GB/s HF / engine / copy | llama.cpp |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in settings:
+        llama = r.get("llamacpp_batch1_tok_s")
+        print(f"| {name} ({r['isa']}) | {r['engine_dtype']} | {r['hf_batch1_tok_s']:.1f} | "
+              f"{r['engine_batch1_tok_s']:.1f} | {r['engine_batch1_tok_s_vs_hf_batch1']:.2f}x | "
+              f"{r['engine_c16_tok_s']:.1f} | {r['engine_c16_vs_engine_batch1']:.1f}x | "
+              f"{r['hf_batch1_weight_read_gbs']:.1f} / {r['engine_batch1_weight_read_gbs']:.1f} / "
+              f"{r['copy_bandwidth_gbs']:.1f} | {'' if llama is None else f'{llama:.1f}'} |")
+    print(json.dumps({name: r for name, r in settings}))
 
 
 def kv_bytes_per_token(model) -> int:

@@ -1,6 +1,6 @@
 """Training throughput and MFU: mosslm's loop against the HF Trainer, same model and data.
 
-    python benchmarks/train_throughput.py [--preset small] [--steps 12]
+    python benchmarks/train_throughput.py [--preset small] [--steps 12] [--isa both]
 
 Measures, in one run:
 - the machine's peak: a large matmul in fp32 and in bf16;
@@ -8,7 +8,14 @@ Measures, in one run:
 - transformers' Trainer on the same model config, the same token rows, the
   same batch size (fp32, and bf16 where it supports it on this device).
 It prints tokens/s, MFU (6 * params * tokens/s plus attention, over the
-measured peak of that precision) and each run's ratio to the Trainer baseline.
+measured peak of that precision) and each run's ratio to the Trainer baseline,
+and what `dtype: auto` picks at this model's shapes.
+
+`--isa both` (the default on an AVX-512 CPU) measures on this CPU as it is and
+again with the kernels capped at AVX2 (benchmarks/isa.py). Where the CPU has no
+native bf16, the bf16 runs are cut to --slow-steps steps (each takes many
+seconds) and the Trainer's bf16 and compile runs are left out: they only repeat
+the same slow kernels.
 """
 
 from __future__ import annotations
@@ -24,6 +31,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import isa  # noqa: E402  (benchmarks/isa.py)
+from mosslm import hardware  # noqa: E402
 
 from mosslm.model import build_model, count_parameters, model_config  # noqa: E402
 from mosslm.tokenizer import train_tokenizer  # noqa: E402
@@ -33,8 +44,7 @@ from mosslm.train.loop import read_metrics, train  # noqa: E402
 
 def peak_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
+    a @ b
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
@@ -109,11 +119,19 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--slow-steps", type=int, default=4, help="steps of a bf16 run without native bf16")
+    isa.add_argument(ap)
     args = ap.parse_args()
+    settings = isa.run_settings(args)
+    if settings is not None:
+        return summarize(settings)
     torch.manual_seed(0)
-    print(f"threads: {torch.get_num_threads()}, torch {torch.__version__}")
-    peaks = {"fp32": peak_flops(torch.float32), "bf16": peak_flops(torch.bfloat16)}
-    print(f"measured peak (2048^3 matmul): fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s, "
+    native, label = hardware.native_bf16()
+    print(f"setting {isa.setting()}: torch ISA {hardware.isa_level()}, native bf16 {'yes' if native else 'no'} "
+          f"({label}); threads: {torch.get_num_threads()}, torch {torch.__version__}")
+    # Without native bf16 a 2048^3 bf16 matmul takes ~15 s: a smaller one measures the same slow kernel.
+    peaks = {"fp32": peak_flops(torch.float32), "bf16": peak_flops(torch.bfloat16, n=2048 if native else 512)}
+    print(f"measured peak (large matmul): fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s, "
           f"bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -121,27 +139,54 @@ def main() -> None:
         cfg = model_config(args.preset, vocab_size=len(tok))
         params = count_parameters(cfg)
         fpt = flops_per_token(params, cfg, args.seq_len)
+        choice = hardware.choose_dtype("auto", "cpu", hardware.Workload.training(args.batch * args.seq_len, cfg))
         print(f"model: preset {args.preset}, {params / 1e6:.1f}M parameters, seq_len {args.seq_len}, "
-              f"batch {args.batch}, {args.steps} steps per run (second half timed)\n")
+              f"batch {args.batch}, {args.steps} steps per run (second half timed)\n{choice.line()}\n")
         results = []
         hf32 = run_hf_trainer(folder, tok, data, args.preset, args.seq_len, args.batch, args.steps, bf16=False)
         results.append(("HF Trainer fp32 (baseline)", hf32, "fp32"))
-        try:
-            results.append(("HF Trainer bf16", run_hf_trainer(folder, tok, data, args.preset, args.seq_len,
-                                                              args.batch, args.steps, bf16=True), "bf16"))
-        except Exception as e:  # some transformers builds refuse bf16 on CPU
-            print(f"HF Trainer bf16 unavailable here: {e}")
-        for label, dtype, comp in [("mosslm fp32", "fp32", False), ("mosslm bf16", "bf16", False),
-                                   ("mosslm bf16 + compile", "bf16", True)]:
+        if native:
+            try:
+                results.append(("HF Trainer bf16", run_hf_trainer(folder, tok, data, args.preset, args.seq_len,
+                                                                  args.batch, args.steps, bf16=True), "bf16"))
+            except Exception as e:  # some transformers builds refuse bf16 on CPU
+                print(f"HF Trainer bf16 unavailable here: {e}")
+        runs = [("mosslm fp32", "fp32", False, args.steps), ("mosslm bf16", "bf16", False,
+                                                               args.steps if native else args.slow_steps)]
+        if native:
+            runs.append(("mosslm bf16 + compile", "bf16", True, args.steps))
+        for label, dtype, comp, steps in runs:
             results.append((label, run_mosslm(folder, data, args.preset, args.seq_len, args.batch,
-                                              args.steps, dtype, comp), dtype))
+                                              steps, dtype, comp), dtype))
     print(f"{'run':<28}{'tokens/s':>10}{'MFU':>8}{'vs HF fp32':>12}")
     for label, tps, dtype in results:
         print(f"{label:<28}{tps:>10.0f}{tps * fpt / peaks[dtype]:>8.1%}{tps / hf32:>11.2f}x")
     best_hf = max(t for l, t, _ in results if l.startswith("HF"))
     best_ours = max(t for l, t, _ in results if l.startswith("mosslm"))
+    auto = next(t for l, t, d in results if l == f"mosslm {choice.dtype}")
     print(f"\nbest mosslm / HF Trainer default (fp32): {best_ours / hf32:.2f}x (target >= 1.3x)")
     print(f"best mosslm / best HF Trainer (incl. its bf16 mode): {best_ours / best_hf:.2f}x")
+    print(f"mosslm with dtype auto ({choice.dtype}): {auto:.0f} tokens/s, {auto / hf32:.2f}x HF fp32; "
+          f"fp32 / bf16 here: {results_by(results, 'mosslm fp32') / results_by(results, 'mosslm bf16'):.2f}x")
+    print(json.dumps({"setting": isa.setting(), "isa": hardware.isa_level(), "native_bf16": native,
+                      "dtype_choice": choice.line(), "auto_tokens_per_s": auto, "hf_fp32_tokens_per_s": hf32,
+                      "peaks_gflops": {k: v / 1e9 for k, v in peaks.items()},
+                      "runs": {label: tps for label, tps, _ in results}}))
+
+
+def results_by(results, label: str) -> float:
+    return next(t for l, t, _ in results if l == label)
+
+
+def summarize(settings: list[tuple[str, dict]]) -> None:
+    print("\n| setting | peak fp32 / bf16 GFLOP/s | mosslm fp32 | mosslm bf16 | dtype auto picks | auto vs HF fp32 |")
+    print("|---|---|---|---|---|---|")
+    for name, r in settings:
+        p, runs = r["peaks_gflops"], r["runs"]
+        print(f"| {name} ({r['isa']}) | {p['fp32']:.0f} / {p['bf16']:.0f} | {runs['mosslm fp32']:.0f} tok/s | "
+              f"{runs['mosslm bf16']:.0f} tok/s | {r['dtype_choice'].split(':')[0].removeprefix('dtype auto -> ')} | "
+              f"{r['auto_tokens_per_s'] / r['hf_fp32_tokens_per_s']:.2f}x |")
+    print(json.dumps({name: r for name, r in settings}))
 
 
 if __name__ == "__main__":

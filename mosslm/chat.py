@@ -56,7 +56,7 @@ def plugin_names(spec: str | None, model_path: Path, available: dict[str, Plugin
 
 
 def build_agent(model: str | None, plugins: str | None, params: SamplingParams,
-                system: str | None = None, plugin_paths: list[str] = (), dtype: str = "fp32") -> Agent:
+                system: str | None = None, plugin_paths: list[str] = (), dtype: str = "auto") -> Agent:
     if model is None:
         path = default_model_dir()
         if not path.exists():
@@ -68,9 +68,7 @@ def build_agent(model: str | None, plugins: str | None, params: SamplingParams,
             raise ChatError(str(e)) from None
     print(f"loading {path} ...", file=sys.stderr, flush=True)
     try:
-        import torch
-
-        loaded = load(path, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+        loaded = load(path, dtype=dtype)
     except ModelLoadError as e:
         raise ChatError(str(e)) from None
     tok = loaded.tokenizer

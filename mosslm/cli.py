@@ -17,8 +17,9 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=40, help="sample from the k best tokens, 0 = off (default 40)")
     g.add_argument("--repetition-penalty", type=float, default=1.02, help="default 1.02, as MOSS")
     g.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
-    g.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                   help="weights and KV cache dtype; bf16 halves the bytes read per token (default fp32)")
+    g.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="weights and KV cache dtype; auto (default): bf16 where this CPU has native bf16 and it "
+                        "measures faster, else fp32 (see `moss env`)")
 
 
 def _sampling_params(args: argparse.Namespace):
@@ -192,6 +193,16 @@ def cmd_speedrun(args: argparse.Namespace) -> int:
     print(f"speedrun done in {total / 60:.1f} min; report: {args.out}/report.md")
     if summary["default_model"]:
         print(f"default model: {summary['default_model']} (try: moss chat)")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    import json
+
+    from .hardware import env_report, format_env
+
+    report = env_report(measure_speed=not args.no_measure)
+    print(json.dumps(report, indent=1) if args.json else format_env(report))
     return 0
 
 
@@ -402,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--seed", type=int, default=0)
     speed.add_argument("--no-default", action="store_true", help="do not install the result as the default model")
     speed.set_defaults(func=cmd_speedrun)
+    env = verbs.add_parser("env", help="what this machine has and how fast it is (paste it into a slow-run report)",
+                           description="CPU model and flags, the ISA torch uses, threads, fp32 and bf16 matmul "
+                                       "GFLOP/s and copy bandwidth (measured in a few seconds), GPUs, optional "
+                                       "packages, and the precision `dtype: auto` picks here.")
+    env.add_argument("--json", action="store_true", help="print the report as JSON")
+    env.add_argument("--no-measure", action="store_true", help="skip the measurements (instant)")
+    env.set_defaults(func=cmd_env)
     return parser
 
 

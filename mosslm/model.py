@@ -128,6 +128,7 @@ class LoadedModel:
     path: str
     protocol: str | None  # "moss"/"mosslm" when the model speaks the MOSS protocol, else None
     context_length: int
+    dtype_choice: Any = None  # hardware.DtypeChoice when the dtype was given by name (auto/fp32/bf16)
 
     @property
     def speaks_moss(self) -> bool:
@@ -161,13 +162,20 @@ def _version() -> str:
     return __version__
 
 
-def load(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a checkpoint folder (ours or any local HF causal LM) or a .gguf file."""
+def load(path: str | os.PathLike, dtype: torch.dtype | str = torch.float32) -> LoadedModel:
+    """Load a checkpoint folder (ours or any local HF causal LM) or a .gguf file.
+
+    `dtype` by name ("auto", "fp32", "bf16") is resolved for inference on this machine
+    (mosslm/hardware.py), announced once, and kept as `.dtype_choice`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelLoadError(f"model not found: {p}")
+    choice, requested = None, None
+    if isinstance(dtype, str):  # by name: resolved below, at the shapes of this model
+        requested = dtype
+        dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     try:
         if p.is_file():
             if p.suffix.lower() != ".gguf":
@@ -188,7 +196,13 @@ def load(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedM
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"could not load {p}: {e}") from e
     model.eval()
-    return LoadedModel(model, tokenizer, str(p), detect_protocol(p, tokenizer), context_length(model))
+    if requested is not None:
+        from .hardware import Workload, choose_dtype
+
+        choice = choose_dtype(requested, "cpu", Workload.decoding(model.config))
+        if model.dtype != choice.torch_dtype:
+            model = model.to(choice.torch_dtype)
+    return LoadedModel(model, tokenizer, str(p), detect_protocol(p, tokenizer), context_length(model), choice)
 
 
 def _require(module: str, what: str, extra: str) -> None:

@@ -23,6 +23,14 @@ from .paths import atomic_dir, default_model_dir
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
+def _cpu_line() -> str:
+    from .hardware import cpu_info, isa_level, native_bf16
+
+    native, label = native_bf16()
+    return (f"{cpu_info()['model']}, {os.cpu_count()} cores, torch ISA {isa_level()}, "
+            f"native bf16 {'yes' if native else 'no'} ({label})")
+
+
 def speedrun_config(preset: str) -> dict[str, Any]:
     path = CONFIG_DIR / f"speedrun-{preset}.yaml"
     if not path.exists():
@@ -87,16 +95,19 @@ def run(out: str | Path, preset: str = "default", seed: int = 0, set_default: bo
         final = train(tc)
         timings[name] = time.time() - t
         rows = read_metrics(out / name / "metrics.jsonl")
-        stages[name] = {"config": dataclasses.asdict(tc), "final": str(final), "steps": len(rows),
+        meta = json.loads((final / "mosslm.json").read_text())
+        stages[name] = {"dtype": meta.get("train_dtype"), "dtype_choice": meta.get("train_dtype_choice"),
+                        "tokens_per_s": _mean_rate(rows), "config": dataclasses.asdict(tc), "final": str(final), "steps": len(rows),
                         "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
                         "val_loss": next((r["val_loss"] for r in reversed(rows) if "val_loss" in r), None),
-                        "tokens": json.loads((final / "mosslm.json").read_text()).get("tokens_seen")}
+                        "tokens": meta.get("tokens_seen")}
         init = str(final)
 
     t = stage("quick eval")
     eval_cfg = cfg.get("eval", {})
     result = quick.run(init, data / "eval.jsonl", limit_per_task=eval_cfg.get("limit_per_task"),
-                       max_new_tokens=eval_cfg.get("max_new_tokens", 96), progress=progress)
+                       max_new_tokens=eval_cfg.get("max_new_tokens", 96), progress=progress,
+                       dtype=eval_cfg.get("dtype", "auto"))
     timings["eval"] = time.time() - t
     (out / "eval.json").write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n")
 
@@ -108,13 +119,19 @@ def run(out: str | Path, preset: str = "default", seed: int = 0, set_default: bo
     return summary
 
 
+def _mean_rate(rows: list[dict]) -> float | None:
+    """Training tokens/s over the run: harmonic mean of the logged windows (total tokens over total time)."""
+    rates = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s")]
+    return len(rates) / sum(1 / r for r in rates) if rates else None
+
+
 def write_report(out: Path, s: dict[str, Any]) -> Path:
     from .eval.quick import table
 
     total = sum(s["timings"].values())
     lines = [
         f"# mosslm speedrun report ({s['preset']})", "",
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        f"- machine: {platform.machine()}, {_cpu_line()}, Python {platform.python_version()}",
         f"- total wall time: {total / 60:.1f} min ({total:.0f} s)",
         f"- final model: `{s['model']}`" + (f", installed as the default model at `{s['default_model']}`"
                                             if s["default_model"] else ""),
@@ -129,12 +146,15 @@ def write_report(out: Path, s: dict[str, Any]) -> Path:
         lines += [f"### {name}", "",
                   (f"- starts from `{Path(c['init']).parent.name}/final`" if c.get("init") else f"- model preset `{c['preset']}`")
                   + f", seq_len {c['seq_len']}, batch {c['batch_size']}, "
-                  f"{st['steps']} steps, lr {c['lr']}, {c['dtype']}, compile {c['compile']}",
+                  f"{st['steps']} steps, lr {c['lr']}, compile {c['compile']}",
+                  f"- precision: {st.get('dtype_choice') or c['dtype']}"
+                  + (f"; {st['tokens_per_s']:,.0f} tokens/s" if st.get("tokens_per_s") else ""),
                   f"- tokens seen: {st['tokens']:,}" if st["tokens"] else "- tokens seen: n/a",
                   f"- loss: {st['first_loss']:.3f} -> {st['last_loss']:.3f}"
                   + (f" (val {st['val_loss']:.3f})" if st["val_loss"] is not None else ""),
                   "", f"![{name} loss]({name}/loss.png)", ""]
-    lines += ["## Quick eval (held-out items: tool choice and answers per plugin, identity, refusals)", "", table(s["eval"]), "",
+    lines += ["## Quick eval (held-out items: tool choice and answers per plugin, identity, refusals)", "",
+              f"- precision: {s['eval'].get('dtype_choice', 'fp32')}", "", table(s["eval"]), "",
               "## Sample dialogues", ""]
     for sample in s["eval"]["samples"]:
         lines += [f"**{sample['task']} ({sample['lang']})**", "", "```", sample["protocol"].rstrip("\n"), "```", ""]

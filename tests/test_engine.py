@@ -49,7 +49,7 @@ def prompts(tok) -> list[list[int]]:
 def test_mixed_batch_matches_transformers_token_for_token(which, request, tiny_tokenizer):
     model = request.getfixturevalue(which)
     engine = Engine(model, tiny_tokenizer, EngineConfig(max_running=4, kv_budget_mb=16, max_seq_len=256,
-                                                        prefill_chunk=24))
+                                                        prefill_chunk=24, packed_linears="always"))
     try:
         assert engine.packed  # the engine computes with oneDNN-packed weights; transformers with F.linear
         ps, maxes = prompts(tiny_tokenizer), [20, 9, 30, 14, 25, 18]
@@ -218,3 +218,23 @@ def test_release_openmp_team_frees_the_idle_workers():
     worker.join()
     before, after = counts[0]
     assert after < before
+
+
+def test_packing_is_kept_only_where_it_measures_faster(tiny_tokenizer):
+    from mosslm.engine import cpu
+
+    model = build_model("micro", tiny_tokenizer, seed=5).float().eval()
+    result = cpu.pack_linears(model, rows_hint=8, measure=True)
+    t = result.timings
+    assert set(t) == {"stock_1", "packed_1", "stock_8", "packed_8"} and all(v > 0 for v in t.values())
+    faster = t["packed_1"] + t["packed_8"] < t["stock_1"] + t["stock_8"]
+    assert result.packed == faster, result.reason
+    assert any(hasattr(m, "_mosslm_packed") for m in model.modules()) == faster
+    never = Engine(model, tiny_tokenizer, EngineConfig(max_running=2, kv_budget_mb=4, max_seq_len=64,
+                                                       packed_linears="never"))
+    try:
+        assert not never.packed and never.packing is None
+    finally:
+        never.shutdown()
+    with pytest.raises(ValueError, match="packed_linears must be auto, always or never"):
+        Engine(model, tiny_tokenizer, EngineConfig(packed_linears="sometimes"))

@@ -27,6 +27,14 @@ def test_micro_speedrun_end_to_end(tmp_path):
         assert needle in report, needle
     evaluation = json.loads((out / "eval.json").read_text())
     assert set(evaluation["metrics"]) == {"arithmetic", "identity", "refusal", "benign"}
+    # The precision `dtype: auto` picked for each stage is in its checkpoint and, word for word, in the report.
+    for stage in ("pretrain", "sft"):
+        meta = json.loads((out / stage / "final" / "mosslm.json").read_text())
+        assert meta["train_dtype"] in ("fp32", "bf16")
+        assert meta["train_dtype_choice"].startswith(f"dtype auto -> {meta['train_dtype']}: ")
+        assert f"- precision: {meta['train_dtype_choice']}" in report
+    assert evaluation["dtype_choice"].startswith(f"dtype auto -> {evaluation['dtype']}: ")
+    assert f"- precision: {evaluation['dtype_choice']}" in report
     # The result became the default model: plain `moss chat` uses it, with the Calculate plugin on.
     os.environ["MOSSLM_HOME"] = env["MOSSLM_HOME"]
     try:

@@ -65,6 +65,7 @@ class EngineConfig:
     prefill_chunk: int = 256       # prompt tokens read per step, over all prefilling requests
     prefix_caching: bool = True    # reuse the KV of prompt prefixes already in a slot
     cpu_fast_paths: bool = True    # on CPU: release the loading thread's OpenMP team, oneDNN-packed weights (cpu.py)
+    packed_linears: str = "auto"   # auto: packed where it measures faster on this CPU (cpu.py) | always | never
 
 
 @dataclass
@@ -144,7 +145,11 @@ class Engine:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         cpu_paths = cfg.cpu_fast_paths and self.device.type == "cpu"
-        self.packed = cpu_paths and cpu.pack_linears(model, cfg.max_running)
+        if cfg.packed_linears not in ("auto", "always", "never"):
+            raise ValueError(f"packed_linears must be auto, always or never, got {cfg.packed_linears!r}")
+        self.packing = (cpu.pack_linears(model, cfg.max_running, measure=cfg.packed_linears == "auto")
+                        if cpu_paths and cfg.packed_linears != "never" else None)
+        self.packed = bool(self.packing)
         per_token = SlotKV.bytes_per_token(mc) * param.element_size()
         n_slots = int(cfg.kv_budget_mb * 2**20 // (per_token * self.max_seq_len))
         # Slots beyond max_running only keep prefixes for reuse; a few dozen are plenty.

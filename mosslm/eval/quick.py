@@ -78,11 +78,11 @@ def _solve_known_first(equations: str) -> str | None:
     return synth_plugins.KNOWN_SOLUTIONS.get(equations) or solve(equations, timeout=5.0)
 
 
-def eval_agent(model_dir: str | Path, max_new_tokens: int = 96) -> Agent:
+def eval_agent(model_dir: str | Path, max_new_tokens: int = 96, dtype: str = "auto") -> Agent:
     """The agent the eval talks to: greedy, with the plugins the model was trained with, as `moss chat`
     sets them; Search over a fresh index of the bundled handbook (not the user's default KB), Solve
     answering known equations at once and anything else in the real, time-limited worker."""
-    loaded = load(model_dir)
+    loaded = load(model_dir, dtype=dtype)
     plugins = synth_plugins.synth_plugins()
     plugins["Solve"] = replace(plugins["Solve"], run=_solve_known_first)
     agent = Agent(ModelGenerator(loaded), speaks_moss=True, preset=loaded.protocol or "mosslm",
@@ -95,13 +95,13 @@ def eval_agent(model_dir: str | Path, max_new_tokens: int = 96) -> Agent:
 
 
 def run(model_dir: str | Path, eval_path: str | Path, limit_per_task: int | None = None,
-        max_new_tokens: int = 96, progress: bool = True, samples_per_task: int = 3) -> dict:
+        max_new_tokens: int = 96, progress: bool = True, samples_per_task: int = 3, dtype: str = "auto") -> dict:
     """Returns {"metrics": {task: {metric: share}}, "counts": ..., "samples": [...]}."""
     items = load_items(eval_path, limit_per_task)
     for item in items:  # the eval's equations have known solutions: no sympy worker per item
         if item["task"] == "solve":
             synth_plugins.KNOWN_SOLUTIONS[item["expr"]] = item["expected"]
-    agent = eval_agent(model_dir, max_new_tokens)
+    agent = eval_agent(model_dir, max_new_tokens, dtype)
     hits: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     counts: dict[str, int] = defaultdict(int)
     samples: list[dict] = []
@@ -128,7 +128,9 @@ def run(model_dir: str | Path, eval_path: str | Path, limit_per_task: int | None
     if bar is not None:
         bar.close()
     metrics = {task: {m: hits[task][m] / counts[task] for m in hits[task]} for task in counts}
-    return {"metrics": metrics, "counts": dict(counts), "samples": samples}
+    choice = agent.generator.loaded.dtype_choice
+    return {"metrics": metrics, "counts": dict(counts), "samples": samples,
+            "dtype": choice.dtype, "dtype_choice": choice.line()}
 
 
 # The acceptance thresholds of the speedrun, shown next to each number in the report.

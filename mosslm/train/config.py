@@ -33,7 +33,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    dtype: str = "bf16"                      # bf16 (autocast) | fp32
+    dtype: str = "auto"                      # auto (measured: mosslm/hardware.py) | bf16 (autocast) | fp32
     compile: bool = False
     seed: int = 0
     log_every: int = 10
@@ -55,8 +55,8 @@ class TrainConfig:
             problems.append("set tokenizer= (a tokenizer folder) or init= (a checkpoint)")
         if not self.train:
             problems.append("train= needs at least one data file")
-        if self.dtype not in ("bf16", "fp32"):
-            problems.append(f"dtype must be bf16 or fp32, got {self.dtype!r}")
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            problems.append(f"dtype must be auto, bf16 or fp32, got {self.dtype!r}")
         if self.batch_size % self.micro_batch_size:
             problems.append(f"batch_size {self.batch_size} must be a multiple of micro_batch_size {self.micro_batch_size}")
         for name in ("seq_len", "batch_size", "micro_batch_size", "max_steps", "log_every", "eval_every", "save_every"):

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .. import hardware
 from .. import model as modellib
 from ..paths import atomic_dir
 from ..model import MANIFEST, CheckpointError, verify_checkpoint, write_manifest
@@ -72,15 +73,16 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 # ---------------------------------------------------------------- checkpoints
 
-def save_training_checkpoint(run: Path, step: int, model, tokenizer, optimizer, cfg: TrainConfig, keep: int) -> Path:
+def save_training_checkpoint(run: Path, step: int, model, tokenizer, optimizer, cfg: TrainConfig, keep: int,
+                             dtype: str = "fp32") -> Path:
     ckpt_dir = run / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step_{step:07d}"
     with atomic_dir(final) as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg)},
-                   tmp / STATE_FILE)
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
+                    "dtype": dtype}, tmp / STATE_FILE)
         write_manifest(tmp)
     for old in sorted(ckpt_dir.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -137,6 +139,21 @@ class TokenLoss(torch.nn.Module):
         return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
 
 
+def resolve_dtype(cfg: TrainConfig, dist: Dist, model, resumed: str | None) -> hardware.DtypeChoice:
+    """The precision this run trains in: a resumed run keeps the one it began with (exact resume); under
+    DDP rank 0 measures and every rank takes its choice, so all ranks compute alike."""
+    if resumed and cfg.dtype == "auto":
+        return hardware.DtypeChoice("auto", resumed, "as the run began (resumed)", device=dist.device.type)
+    workload = hardware.Workload.training(cfg.micro_batch_size * cfg.seq_len, model.config)
+    choice = hardware.choose_dtype(cfg.dtype, dist.device, workload, announce=dist.main) if dist.main else None
+    if dist.world > 1:
+        import torch.distributed as tdist
+        box = [choice]
+        tdist.broadcast_object_list(box, src=0)
+        choice = box[0]
+    return choice
+
+
 def _loss_sum(net, ids: torch.Tensor, labels: torch.Tensor, autocast) -> torch.Tensor:
     with autocast():
         return net(ids, labels)
@@ -170,7 +187,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   weight_decay=cfg.weight_decay, fused=True)
-    start_step = 0
+    start_step, resumed_dtype = 0, None
     if resume:
         ckpt = latest_checkpoint(run)
         if ckpt is not None:
@@ -183,6 +200,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
             trainer_state = torch.load(ckpt / STATE_FILE, weights_only=False)
             optimizer.load_state_dict(trainer_state["optimizer"])
             start_step = trainer_state["step"]
+            resumed_dtype = trainer_state.get("dtype")
             if dist.main:
                 print(f"resuming from {ckpt} (step {start_step})", flush=True)
         elif dist.main:
@@ -196,7 +214,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         from torch.nn.parallel import DistributedDataParallel
         net = DistributedDataParallel(loss_model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
     forward_model = torch.compile(net) if cfg.compile else net
-    if cfg.dtype == "bf16":
+    choice = resolve_dtype(cfg, dist, model, resumed_dtype)
+    if choice.dtype == "bf16":
         def autocast():
             return torch.autocast(dist.device.type, dtype=torch.bfloat16)
     else:
@@ -205,7 +224,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     metrics_path = run / "metrics.jsonl"
     if dist.main:
         run.mkdir(parents=True, exist_ok=True)
-        (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        (run / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "dtype_choice": choice.as_dict()},
+                                                    indent=2) + "\n")
         _truncate_metrics(metrics_path, start_step)
     per_rank = cfg.batch_size // dist.world
     if per_rank * dist.world != cfg.batch_size or per_rank % min(cfg.micro_batch_size, per_rank):
@@ -251,6 +271,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
             if done % cfg.log_every == 0 or done == cfg.max_steps:
                 now = time.time()
                 row["tokens_per_s"] = window_tokens * dist.world / max(1e-9, now - window_t)
+                row["dtype"] = choice.dtype
                 window_tokens, window_t = 0, now
             if val_data is not None and (done % cfg.eval_every == 0 or done == cfg.max_steps):
                 row["val_loss"] = evaluate(loss_model, val_data, cfg, dist.device, autocast)
@@ -264,13 +285,14 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
                     post["val"] = f"{row['val_loss']:.3f}"
                 bar.set_postfix(post, refresh=False)
         if done % cfg.save_every == 0 and done < cfg.max_steps and dist.main:
-            save_training_checkpoint(run, done, model, tokenizer, optimizer, cfg, cfg.keep_checkpoints)
+            save_training_checkpoint(run, done, model, tokenizer, optimizer, cfg, cfg.keep_checkpoints, choice.dtype)
     if bar is not None:
         bar.close()
     final = run / "final"
     if dist.main and done == cfg.max_steps:
         modellib.save_checkpoint(model, tokenizer, final, preset=cfg.protocol, metadata={
             "plugins": cfg.plugins, "stage": cfg.stage, "steps": cfg.max_steps,
+            "train_dtype": choice.dtype, "train_dtype_choice": choice.line(),
             "train_seconds": round(time.time() - t0, 1), "tokens_seen": tokens_seen * dist.world})
         plot_metrics(metrics_path, run / "loss.png", title=f"{cfg.stage} loss")
     if dist.world > 1:
