@@ -139,7 +139,7 @@ def main() -> None:
         cfg = model_config(args.preset, vocab_size=len(tok))
         params = count_parameters(cfg)
         fpt = flops_per_token(params, cfg, args.seq_len)
-        choice = hardware.choose_dtype("auto", "cpu", hardware.Workload.training(args.batch * args.seq_len, cfg))
+        choice = hardware.choose_dtype("auto", "cpu", hardware.Workload.training(args.batch * args.seq_len, args.seq_len, cfg))
         print(f"model: preset {args.preset}, {params / 1e6:.1f}M parameters, seq_len {args.seq_len}, "
               f"batch {args.batch}, {args.steps} steps per run (second half timed)\n{choice.line()}\n")
         results = []

@@ -19,6 +19,7 @@ an AVX2-only one, which is how the AVX2 figures in the README were taken.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import platform
 import sys
@@ -99,18 +100,35 @@ def matmul_gflops(dtype: torch.dtype, n: int = 512, seconds: float = 0.25) -> fl
     return _rate(lambda: a @ b, 2 * n ** 3, seconds)
 
 
-def train_gflops(dtype: str, rows: int, k: int, n: int, seconds: float = 0.2) -> float:
-    """Forward and backward of one linear [rows, k] x [k, n] as training runs it (autocast for bf16)."""
-    x = torch.linspace(-1, 1, rows * k).view(rows, k)
-    w = torch.linspace(-0.1, 0.1, n * k).view(n, k).requires_grad_()
+TRAIN_MEASURE_FLOPS = 2e10   # per measured step: ~0.1-0.3 s at fp32 on a 2-core CPU
+
+
+def train_step_gflops(dtype: str, config_json: str, tokens: int, seq_len: int, seconds: float = 0.3) -> float:
+    """Forward and backward of a fresh copy of the model (a one-layer copy when the model is large) on
+    a batch of its own shape, as the training loop runs it (autocast for bf16). Small matrices lose
+    to the casts: only the model's own layers say whether bf16 pays at these shapes."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(**json.loads(config_json))
+    with torch.random.fork_rng(devices=[]):  # weights drawn here leave the caller's random stream alone
+        torch.manual_seed(0)
+        with torch.device("meta"):
+            full = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+        if 6 * full * 1024 > 5 * TRAIN_MEASURE_FLOPS:  # too big to run whole: one layer of it
+            config.num_hidden_layers = 1
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
+        params = sum(p.numel() for p in model.parameters())
+        tokens = int(max(64, min(tokens, TRAIN_MEASURE_FLOPS / (6 * params))))
+        width = max(8, min(seq_len, tokens))
+        ids = torch.randint(0, config.vocab_size, (max(1, tokens // width), width))
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            y = F.linear(x, w)
-        y.float().sum().backward()
-        w.grad = None
+            logits = model(input_ids=ids).logits
+        F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten()).backward()
+        model.zero_grad(set_to_none=True)
 
-    return _rate(step, 6 * rows * k * n, seconds)
+    return _rate(step, 6 * params * ids.numel(), seconds)
 
 
 def decode_gflops(dtype: str, rows: int = 4, k: int = 2048, n: int = 2048, layers: int = 8,
@@ -199,18 +217,23 @@ def decide(requested: str, native: bool, cpu_label: str, measured: Measurement |
 
 @dataclass(frozen=True)
 class Workload:
-    """The shape of the job whose precision is chosen: training (tokens per forward through the
-    model's MLP matrices) or decode (a few rows through `layers` such matrices)."""
+    """The job whose precision is chosen: training (a micro-batch of `rows` tokens in sequences of
+    `seq_len` through the model whose config is `config_json`) or decode (a few rows through `layers`
+    weight matrices of hidden x intermediate)."""
     kind: str = "decode"            # train | decode
     rows: int = 4
     hidden: int = 2048
     intermediate: int = 2048
     layers: int = 8
+    seq_len: int = 0
+    config_json: str = ""
 
     @classmethod
-    def training(cls, tokens: int, model_config) -> Workload:
-        hidden = getattr(model_config, "hidden_size", 512)
-        return cls("train", max(16, min(tokens, 8192)), hidden, getattr(model_config, "intermediate_size", 4 * hidden))
+    def training(cls, tokens: int, seq_len: int, model_config) -> Workload:
+        config = model_config.to_diff_dict() if hasattr(model_config, "to_diff_dict") else dict(model_config)
+        config.setdefault("model_type", getattr(model_config, "model_type", "llama"))
+        return cls("train", tokens, getattr(model_config, "hidden_size", 0),
+                   getattr(model_config, "intermediate_size", 0), 1, seq_len, json.dumps(config, sort_keys=True))
 
     @classmethod
     def decoding(cls, model_config, rows: int = 4) -> Workload:
@@ -227,8 +250,9 @@ def measure(workload: Workload, native: bool) -> Measurement:
         return Measurement(matmul_gflops(torch.float32, 256, 0.05), matmul_gflops(torch.bfloat16, 256, 0.05),
                            "matmul")
     if workload.kind == "train":
-        args = (workload.rows, workload.hidden, workload.intermediate)
-        return Measurement(train_gflops("fp32", *args), train_gflops("bf16", *args), "training matmuls")
+        args = (workload.config_json, workload.rows, workload.seq_len)
+        return Measurement(train_step_gflops("fp32", *args), train_step_gflops("bf16", *args),
+                           "training forward+backward")
     args = (workload.rows, workload.hidden, workload.intermediate, workload.layers)
     return Measurement(decode_gflops("fp32", *args), decode_gflops("bf16", *args), "decode matmuls")
 
@@ -323,8 +347,11 @@ def env_report(measure_speed: bool = True) -> dict:
         report["measured"] = {"fp32_matmul_gflops": round(matmul_gflops(torch.float32, 1024, 0.5), 1),
                               "bf16_matmul_gflops": round(matmul_gflops(torch.bfloat16, n_bf16, 0.5), 1),
                               "copy_gbs": round(copy_bandwidth_gbs(), 1)}
-        # A 34M-class model's shapes (the `small` preset), for training and for serving.
-        train = choose_dtype("auto", "cpu", Workload("train", 4096, 512, 1536), announce=False)
+        # A 34M-class model (the `small` preset), for training and for serving.
+        from .model import model_config
+
+        small = model_config("small", vocab_size=8192)
+        train = choose_dtype("auto", "cpu", Workload.training(4096, 512, small), announce=False)
         decode = choose_dtype("auto", "cpu", Workload("decode", 4, 512, 1536, 30), announce=False)
         report["dtype_auto"] = {"train (34M model)": train.line(), "inference (34M model)": decode.line()}
         if report["gpus"]:

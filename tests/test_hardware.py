@@ -29,18 +29,20 @@ def test_auto_picks_fp32_where_bf16_measures_slower():
     no_native = decide("auto", False, "AVX2", Measurement(fp32=168.0, bf16=1.0, what="matmul"))
     assert no_native.dtype == "fp32" and no_native.torch_dtype == torch.float32
     assert no_native.line() == "dtype auto -> fp32: no native bf16 on this CPU (AVX2); bf16 matmul measured 168x slower"
-    native_but_slow = decide("auto", True, "AVX512_BF16", Measurement(fp32=100.0, bf16=90.0, what="training matmuls"))
+    native_but_slow = decide("auto", True, "AVX512_BF16",
+                             Measurement(fp32=100.0, bf16=90.0, what="training forward+backward"))
     assert native_but_slow.dtype == "fp32"
-    assert "but bf16 training matmuls measured 1.11x slower" in native_but_slow.reason
+    assert "but bf16 training forward+backward measured 1.11x slower" in native_but_slow.reason
     marginal = decide("auto", True, "AMX", Measurement(fp32=100.0, bf16=105.0, what="decode matmuls"))
     assert marginal.dtype == "fp32", "a gain below MIN_BF16_GAIN does not pay for the lost precision"
 
 
 def test_auto_picks_bf16_where_native_bf16_measures_faster():
-    choice = decide("auto", True, "AVX512_BF16", Measurement(fp32=180.0, bf16=410.0, what="training matmuls"))
+    choice = decide("auto", True, "AVX512_BF16",
+                    Measurement(fp32=180.0, bf16=410.0, what="training forward+backward"))
     assert choice.dtype == "bf16" and choice.torch_dtype == torch.bfloat16
-    assert choice.line() == ("dtype auto -> bf16: native bf16 (AVX512_BF16); bf16 training matmuls measured "
-                             "2.28x faster")
+    assert choice.line() == ("dtype auto -> bf16: native bf16 (AVX512_BF16); bf16 training forward+backward "
+                             "measured 2.28x faster")
     assert choice.as_dict()["bf16_speedup"] == pytest.approx(410 / 180)
 
 
@@ -55,11 +57,14 @@ def test_explicit_choices_are_kept_and_a_slow_bf16_warns_with_the_measured_slowd
         decide("fp16", True, "AMX", None)
 
 
-def test_the_training_workload_takes_the_model_shapes():
+def test_the_training_workload_is_the_model_itself_at_its_batch_shape():
     from mosslm.model import model_config
 
-    w = Workload.training(16 * 256, model_config("tiny", vocab_size=512))
-    assert (w.kind, w.rows, w.hidden, w.intermediate) == ("train", 4096, 128, 384)
+    w = Workload.training(16 * 256, 256, model_config("tiny", vocab_size=512))
+    assert (w.kind, w.rows, w.seq_len, w.hidden, w.intermediate) == ("train", 4096, 256, 128, 384)
+    config = json.loads(w.config_json)
+    assert config["model_type"] == "llama" and config["vocab_size"] == 512 and config["num_hidden_layers"] == 4
+    assert hash(w) == hash(Workload.training(16 * 256, 256, model_config("tiny", vocab_size=512)))  # cached once
 
 
 # ---------------------------------------------------------------- real measurements on this machine
@@ -80,7 +85,10 @@ def test_native_bf16_measures_faster_so_auto_trains_in_bf16():
     native, label = hardware.native_bf16()
     if not native:
         pytest.skip(f"this CPU has no native bf16 ({label}); the AVX2 test covers the fp32 side")
-    choice = hardware.choose_dtype("auto", "cpu", Workload("train", 2048, 512, 1536), announce=False)
+    from mosslm.model import model_config
+
+    workload = Workload.training(8 * 512, 512, model_config("small", vocab_size=8192))
+    choice = hardware.choose_dtype("auto", "cpu", workload, announce=False)
     assert choice.dtype == "bf16", choice.line()
     assert choice.bf16_speedup >= hardware.MIN_BF16_GAIN
 
@@ -89,7 +97,9 @@ def test_measuring_draws_nothing_from_the_callers_random_stream():
     torch.manual_seed(7)
     expected = torch.rand(3)
     torch.manual_seed(7)
-    hardware.measure(Workload("train", 64, 32, 32), native=True)
+    from mosslm.model import model_config
+
+    hardware.measure(Workload.training(64, 32, model_config("micro", vocab_size=300)), native=True)
     hardware.measure(Workload("decode", 2, 64, 64, 2), native=True)
     hardware.measure(Workload(), native=False)
     assert torch.equal(torch.rand(3), expected)

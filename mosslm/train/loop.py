@@ -144,7 +144,7 @@ def resolve_dtype(cfg: TrainConfig, dist: Dist, model, resumed: str | None) -> h
     DDP rank 0 measures and every rank takes its choice, so all ranks compute alike."""
     if resumed and cfg.dtype == "auto":
         return hardware.DtypeChoice("auto", resumed, "as the run began (resumed)", device=dist.device.type)
-    workload = hardware.Workload.training(cfg.micro_batch_size * cfg.seq_len, model.config)
+    workload = hardware.Workload.training(cfg.micro_batch_size * cfg.seq_len, cfg.seq_len, model.config)
     choice = hardware.choose_dtype(cfg.dtype, dist.device, workload, announce=dist.main) if dist.main else None
     if dist.world > 1:
         import torch.distributed as tdist
