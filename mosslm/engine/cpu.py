@@ -31,14 +31,20 @@ Decided by the CPU at hand, not assumed:
   23.1 ms AVX2; 16 rows 67.9 -> 36.2 and 47.0 -> 29.7 ms), and MKL's packed
   GEMM (what Inductor uses for fp32) never beat it, so it is not a candidate.
 - Why the batch-1 lead over transformers depends on the machine: decode at
-  batch 1 reads every weight once per token, and the packed kernel is faster
-  because it streams weights closer to the memory bandwidth (on this 2-core
-  EPYC 26 GB/s for 540 MB of SmolLM2 weights a token, against ~13 GB/s for
-  F.linear). On a machine whose bandwidth is low for its compute, F.linear
-  already gets closer to that ceiling and the ratio shrinks; the bytes, not
-  the ISA, set it. `moss env` measures the copy bandwidth; bf16 weights halve
-  the bytes where the CPU has native bf16 (`dtype auto`), and quantized weights
-  are the way past it elsewhere.
+  batch 1 reads every weight once a token, and the packed kernel wins by
+  streaming weights at about the memory's read bandwidth where F.linear
+  (MKL) gets half of it. On this 2-core EPYC (SmolLM2, 513 MB of fp32 linear
+  weights), the start-up measurement at 1 row gave 29 GB/s packed against
+  17 GB/s for F.linear with AVX2-capped kernels (9.3 vs 16.1 ms for 256 MB),
+  while the machine copies at ~60 GB/s (read + write); the engine's whole decode
+  step, with attention, norms and Python, reads at 17.7 GB/s against
+  transformers' 12.4 (1.42x, AVX2 kernels; benchmarks/engine.py). Where
+  F.linear itself comes near the bandwidth (low bandwidth for the compute,
+  or a BLAS that does better at few rows), the lead shrinks towards the
+  per-step overhead that both share: the bytes set the ceiling, not the ISA.
+  `moss env` measures the bandwidth; bf16 weights halve the bytes where the
+  CPU has native bf16 (`dtype auto`), and quantized weights are the way past
+  it elsewhere.
 - The OpenMP team release depends on the OpenMP runtime, not the ISA: it is
   done wherever torch runs more than one thread on a runtime that has
   omp_pause_resource_all.
