@@ -97,7 +97,8 @@ def run(out: str | Path, preset: str = "default", seed: int = 0, set_default: bo
         rows = read_metrics(out / name / "metrics.jsonl")
         meta = json.loads((final / "mosslm.json").read_text())
         stages[name] = {"dtype": meta.get("train_dtype"), "dtype_choice": meta.get("train_dtype_choice"),
-                        "tokens_per_s": _mean_rate(rows), "config": dataclasses.asdict(tc), "final": str(final), "steps": len(rows),
+                        "tokens_per_s": _mean_rate(rows), "config": dataclasses.asdict(tc), "final": str(final),
+                        "steps": len(rows),
                         "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
                         "val_loss": next((r["val_loss"] for r in reversed(rows) if "val_loss" in r), None),
                         "tokens": meta.get("tokens_seen")}

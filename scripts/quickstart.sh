@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: set up, build the project's own model if there is none yet
-# (`moss speedrun`, about 12 minutes on 2 CPU cores), then open the chat.
+# (`moss speedrun`, 10-13 minutes on 2 CPU cores, AVX-512 or AVX2), then open the chat.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

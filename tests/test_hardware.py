@@ -144,3 +144,20 @@ def test_auto_on_avx2_kernels_trains_in_fp32_and_says_so_in_metrics_config_and_c
     assert json.loads((out / "config.json").read_text())["dtype_choice"]["dtype"] == "fp32"
     logged = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["dtype"] for r in logged if "tokens_per_s" in r} == {"fp32"}
+
+
+@x86_only
+def test_a_resumed_run_keeps_the_precision_it_began_with(corpus, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "pretrain", f"tokenizer={corpus / 'tok'}", f"train={corpus / 'data' / 'pretrain.jsonl'}",
+            "preset=micro", "seq_len=64", "batch_size=4", "micro_batch_size=4", "log_every=1", "save_every=2",
+            "progress=false", f"out={out}"]
+    first = moss(*args, "max_steps=3", env=AVX2)  # begins in fp32: AVX2 kernels
+    assert first.returncode == 0, first.stderr[-2000:]
+    resumed = moss(*args, "max_steps=5", "--resume")  # this CPU as it is: auto could measure otherwise
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "dtype auto -> fp32: as the run began (resumed)" in resumed.stderr
+    meta = json.loads((out / "final" / "mosslm.json").read_text())
+    assert meta["train_dtype"] == "fp32" and meta["train_dtype_choice"].endswith("as the run began (resumed)")
+    logged = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4, 5] and {r["dtype"] for r in logged} == {"fp32"}

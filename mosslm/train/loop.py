@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -143,7 +144,10 @@ def resolve_dtype(cfg: TrainConfig, dist: Dist, model, resumed: str | None) -> h
     """The precision this run trains in: a resumed run keeps the one it began with (exact resume); under
     DDP rank 0 measures and every rank takes its choice, so all ranks compute alike."""
     if resumed and cfg.dtype == "auto":
-        return hardware.DtypeChoice("auto", resumed, "as the run began (resumed)", device=dist.device.type)
+        choice = hardware.DtypeChoice("auto", resumed, "as the run began (resumed)", device=dist.device.type)
+        if dist.main:
+            print(choice.line(), file=sys.stderr, flush=True)
+        return choice
     workload = hardware.Workload.training(cfg.micro_batch_size * cfg.seq_len, cfg.seq_len, model.config)
     choice = hardware.choose_dtype(cfg.dtype, dist.device, workload, announce=dist.main) if dist.main else None
     if dist.world > 1:
