@@ -15,7 +15,9 @@ multiplication, `[...]` brackets, comparisons or equations, so those are rejecte
 from __future__ import annotations
 
 import ast
+import builtins
 import cmath
+import keyword
 import math
 import operator
 import re
@@ -175,6 +177,8 @@ def evaluate(expression: str) -> float | int | complex:
             match = _ASSIGNMENT.fullmatch(statement)
             if match is None:
                 raise CalculatorError(f"not an assignment: {statement.strip()!r}")
+            if keyword.iskeyword(match[1]) or hasattr(builtins, match[1]):  # `lambda = 1`, `open = 1`
+                raise CalculatorError(f"cannot assign to {match[1]!r}")
             env[match[1]] = _eval(ast.parse(match[2].strip(), mode="eval"), env)
         return _bounded(_eval(ast.parse(final.strip(), mode="eval"), env))
     except CalculatorError:
