@@ -353,7 +353,7 @@ def env_report(measure_speed: bool = True) -> dict:
         small = model_config("small", vocab_size=8192)
         train = choose_dtype("auto", "cpu", Workload.training(4096, 512, small), announce=False)
         decode = choose_dtype("auto", "cpu", Workload("decode", 4, 512, 1536, 30), announce=False)
-        report["dtype_auto"] = {"train (34M model)": train.line(), "inference (34M model)": decode.line()}
+        report["dtype_auto"] = {"training, 34M model": train.line(), "inference, 34M model": decode.line()}
         if report["gpus"]:
             report["dtype_auto"]["cuda"] = choose_dtype("auto", "cuda", announce=False).line()
     return report

@@ -110,8 +110,8 @@ def test_moss_env_prints_what_a_slow_run_report_needs():
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     for needle in ("cpu: ", "cpu flags: ", "isa torch uses: ", "torch threads", "fp32 matmul", "bf16 matmul",
-                   "copy bandwidth", "gpus: ", "optional packages: ", "precision (train (34M model)): dtype auto -> ",
-                   "precision (inference (34M model)): dtype auto -> "):
+                   "copy bandwidth", "gpus: ", "optional packages: ", "precision (training, 34M model): dtype auto -> ",
+                   "precision (inference, 34M model): dtype auto -> "):
         assert needle in out, (needle, out)
     quick = moss("env", "--no-measure", "--json", timeout=60)
     assert quick.returncode == 0 and "measured" not in json.loads(quick.stdout)
