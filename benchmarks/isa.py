@@ -39,15 +39,11 @@ def run_settings(args) -> list[tuple[str, dict]] | None:
         return None  # measure in this process
     settings = ["native", "avx2"] if args.isa == "both" else ["avx2"]
     out = []
-    argv = [a for a in sys.argv[1:] if not a.startswith("--isa")]
-    if "--isa" in sys.argv[1:]:
-        i = sys.argv[1:].index("--isa")
-        argv = sys.argv[1:][:i] + sys.argv[1:][i + 2:]
-    for setting in settings:
+    for setting in settings:  # a child sees MOSSLM_BENCH_CHILD and measures, whatever its --isa says
         env = {**os.environ, "MOSSLM_BENCH_CHILD": setting, **(AVX2_ENV if setting == "avx2" else {})}
         print(f"\n######## setting: {setting}" + (" (" + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items()) + ")"
                                                  if setting == "avx2" else " (this CPU as it is)"), flush=True)
-        proc = subprocess.Popen([sys.executable, sys.argv[0], *argv], env=env, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, *sys.argv], env=env, stdout=subprocess.PIPE, text=True)
         last = ""
         for line in proc.stdout:
             sys.stdout.write(line)

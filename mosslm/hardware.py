@@ -64,15 +64,19 @@ def isa_level() -> str:
         return "unknown"
 
 
+def onednn_bf16() -> bool:
+    """Whether oneDNN will run bf16 here (False under ONEDNN_MAX_CPU_ISA=AVX2, as on AVX2-only CPUs)."""
+    return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+
+
 def native_bf16() -> tuple[bool, str]:
     """Whether bf16 matmuls can run on bf16 instructions here, and the CPU's label for the message."""
     flags = cpu_info()["flags"]
     level = isa_level()
     hw = [name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512_BF16"), ("bf16", "Arm BF16"))
           if flag in flags]
-    onednn = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
     capped = [k for k in ISA_ENV if os.environ.get(k)]
-    if hw and onednn and level not in ("DEFAULT", "AVX2"):
+    if hw and onednn_bf16() and level not in ("DEFAULT", "AVX2"):
         return True, "+".join(hw)
     if hw:  # the CPU has it, but torch was told not to use it (or cannot)
         return False, f"{level}; bf16 instructions off" + (f" by {', '.join(capped)}" if capped else "")
@@ -188,8 +192,9 @@ class DtypeChoice:
 
 
 def _times(speedup: float) -> str:
-    return f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.0f}x slower" if speedup < 0.5 \
-        else f"{1 / speedup:.2f}x slower"
+    if speedup >= 1:
+        return f"{speedup:.2f}x faster"
+    return f"{1 / speedup:.0f}x slower" if speedup < 0.5 else f"{1 / speedup:.2f}x slower"
 
 
 def decide(requested: str, native: bool, cpu_label: str, measured: Measurement | None) -> DtypeChoice:
@@ -337,7 +342,7 @@ def env_report(measure_speed: bool = True) -> dict:
         "platform": platform.platform(),
         "cpu": {"model": info["model"], "cores": cores, "threads": torch.get_num_threads(),
                 "flags": [f for f in SHOWN_FLAGS if f in info["flags"]], "torch_isa": isa_level(),
-                "onednn_bf16": bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()),
+                "onednn_bf16": onednn_bf16(),
                 "native_bf16": native, "label": label,
                 "isa_env": {k: os.environ[k] for k in (*ISA_ENV, "OMP_NUM_THREADS") if os.environ.get(k)}},
         "gpus": _gpus(), "optional": _installed(),
@@ -352,7 +357,7 @@ def env_report(measure_speed: bool = True) -> dict:
 
         small = model_config("small", vocab_size=8192)
         train = choose_dtype("auto", "cpu", Workload.training(4096, 512, small), announce=False)
-        decode = choose_dtype("auto", "cpu", Workload("decode", 4, 512, 1536, 30), announce=False)
+        decode = choose_dtype("auto", "cpu", Workload.decoding(small), announce=False)
         report["dtype_auto"] = {"training, 34M model": train.line(), "inference, 34M model": decode.line()}
         if report["gpus"]:
             report["dtype_auto"]["cuda"] = choose_dtype("auto", "cuda", announce=False).line()
