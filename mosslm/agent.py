@@ -166,8 +166,10 @@ class Agent:
         conv = copy.deepcopy(self.history)
         conv.turns.append(turn)
         yield from self.complete(conv)
+        first = not self.history.turns
         self.history.turns.append(turn)
-        yield Event("protocol", turn.render() if self.speaks_moss else
+        # The first turn's protocol text starts with the meta instruction the model was given.
+        yield Event("protocol", ((conv.meta if first else "") + turn.render()) if self.speaks_moss else
                     self.template(self._messages(Conversation("", [turn])), False))
 
     def complete(self, conv: Conversation) -> Iterator[Event]:

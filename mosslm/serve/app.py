@@ -124,7 +124,7 @@ class Server:
         else:
             message = {"role": "assistant", "content": turn.reply}
             if turn.plugin:
-                message["moss"] = {"thoughts": turn.thoughts, "commands": turn.commands, "results": turn.results,
+                message["moss"] = {**protocol.moss_fields(turn),
                                    "citations": [e.text for e in events if e.kind == "citation"]}
             finish = agent.last_finish_reason
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
