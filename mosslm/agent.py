@@ -73,8 +73,9 @@ class ModelGenerator:
         finally:
             if not handle.finished.is_set():  # the reader stopped early: free the slot
                 handle.cancel()
-        for name in ("text", "token_ids", "finish_reason", "stopped_on", "prompt_tokens"):
-            setattr(result, name, getattr(handle.result, name))
+        for name in ("text", "token_ids", "finish_reason", "stopped_on", "prompt_tokens", "logprobs"):
+            if hasattr(handle.result, name):
+                setattr(result, name, getattr(handle.result, name))
 
 
 @dataclass
@@ -96,6 +97,11 @@ class Agent:
     template: Callable[[list[dict], bool], str] | None = None  # foreign chat template renderer
     history: Conversation | None = None
     last_finish_reason: str = "stop"
+    forced_tool: str | None = None      # OpenAI tool_choice: a tool name, "" for any tool, None for the model's choice
+    # Usage of the last `complete()`: the first pass's prompt, the tokens of every pass, the reply's logprobs.
+    last_prompt_tokens: int = 0
+    last_completion_tokens: int = 0
+    last_logprobs: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.clear()
@@ -182,6 +188,7 @@ class Agent:
         """
         turn = conv.turns[-1]
         conv = self.fit_context(conv)
+        self.last_prompt_tokens, self.last_completion_tokens, self.last_logprobs = 0, 0, []
         if self.plugin_mode and turn.commands is not None:
             yield from self._second_pass(conv, turn, [])
         elif self.plugin_mode:
@@ -202,10 +209,18 @@ class Agent:
             if delta:
                 yield Event(kind, delta)
         self.last_finish_reason = result.finish_reason
+        self.last_prompt_tokens = self.last_prompt_tokens or result.prompt_tokens
+        self.last_completion_tokens += len(result.token_ids)
+        if kind == "text":
+            self.last_logprobs = list(getattr(result, "logprobs", None) or [])
         return result.text
 
     def _plugin_turn(self, conv: Conversation, prompt: str, turn: Turn) -> Iterator[Event]:
-        first = yield from self._generate(prompt, protocol.plugin_first_pass_stop(), "thoughts")
+        if self.forced_tool is not None:  # the prompt opens the command; the model completes it
+            forced = protocol.forced_first_pass(self.forced_tool)
+            first = forced + (yield from self._generate(prompt + forced, protocol.plugin_first_pass_stop(), "forced"))
+        else:
+            first = yield from self._generate(prompt, protocol.plugin_first_pass_stop(), "thoughts")
         turn.plugin = True
         turn.thoughts, turn.commands = protocol.parse_first_pass(first)
         if turn.commands is not None:

@@ -57,17 +57,23 @@ def plugin_names(spec: str | None, model_path: Path, available: dict[str, Plugin
     return names
 
 
-def build_agent(model: str | None, plugins: str | None, params: SamplingParams,
-                system: str | None = None, plugin_paths: list[str] = (), dtype: str = "auto") -> Agent:
+def model_path(model: str | None) -> Path:
+    """The folder or file a --model value names (downloading a Hub ID first); ChatError if none."""
     if model is None:
         path = default_model_dir()
         if not path.exists():
             raise ChatError(no_default_model_message())
-    else:
-        try:
-            path = resolve(model)
-        except DownloadError as e:
-            raise ChatError(str(e)) from None
+        return path
+    try:
+        return resolve(model)
+    except DownloadError as e:
+        raise ChatError(str(e)) from None
+
+
+def build_agent(model: str | None, plugins: str | None, params: SamplingParams,
+                system: str | None = None, plugin_paths: list[str] = (), dtype: str = "auto",
+                engine_config=None) -> Agent:
+    path = model_path(model)
     print(f"loading {path} ...", file=sys.stderr, flush=True)
     try:
         loaded = load(path, dtype=dtype)
@@ -75,7 +81,7 @@ def build_agent(model: str | None, plugins: str | None, params: SamplingParams,
         raise ChatError(str(e)) from None
     tok = loaded.tokenizer
     speaks_moss = loaded.speaks_moss or not getattr(tok, "chat_template", None)
-    agent = Agent(ModelGenerator(loaded), speaks_moss=speaks_moss, preset=loaded.protocol or "moss",
+    agent = Agent(ModelGenerator(loaded, engine_config), speaks_moss=speaks_moss, preset=loaded.protocol or "moss",
                   params=params, system=system,
                   template=lambda msgs, gen: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen))
     try:

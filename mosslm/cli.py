@@ -55,24 +55,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from .chat import ChatError, build_agent
-
-    try:
-        params = _sampling_params(args)
-        agent = build_agent(args.model, args.plugins, params, plugin_paths=args.plugin_path, dtype=args.dtype)
-    except (ValueError, ChatError) as e:
-        print(f"moss serve: {e}", file=sys.stderr)
-        return 2
-    from .serve.app import Server, serve
-
-    name = args.name or (os.path.basename(os.path.normpath(args.model)) if args.model else "default")
-    print(f"serving {name} on http://{args.host}:{args.port}/v1 (plugins: {', '.join(agent.plugins) or 'none'})",
-          file=sys.stderr)
-    serve(Server(agent, name), args.host, args.port)
-    return 0
-
-
 def cmd_data_check(args: argparse.Namespace) -> int:
     import time
 
@@ -303,19 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(chat)
     chat.set_defaults(func=cmd_chat)
 
-    srv = verbs.add_parser("serve", help="serve an OpenAI-compatible API (chat completions, tools)",
-                           description="Serve POST /v1/chat/completions, GET /v1/models and GET /health. "
-                                       "Client `tools` are shown to the model as plugins and come back as "
-                                       "tool_calls; --plugins are run by the server.")
-    srv.add_argument("--model", help="checkpoint folder, .gguf file, or a downloaded name (default: the default model)")
-    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--name", help="model name in the API (default: the folder name)")
-    srv.add_argument("--plugins", help="server-side plugins, comma-separated, or 'none' (default: the model's)")
-    srv.add_argument("--plugin-path", action="append", default=[], metavar="FILE.py",
-                     help="load plugins from a Python file (repeatable)")
-    _sampling_args(srv)
-    srv.set_defaults(func=cmd_serve)
+    from .serve.cli import add_serve_parser
+    add_serve_parser(verbs, _sampling_args)
+    from .serve.keys_cli import add_keys_parser
+    add_keys_parser(verbs)
 
     data = verbs.add_parser("data", help="check and convert conversation data",
                             description="Work with data files: conversations in MOSS, ShareGPT or OpenAI format.")

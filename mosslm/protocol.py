@@ -289,6 +289,33 @@ def parse_first_pass(generated: str) -> tuple[str | None, str | None]:
     return _from_none(m["thoughts"].strip()), _from_none(m["commands"].strip())
 
 
+def forced_first_pass(tool: str) -> str:
+    """What follows `<|Inner Thoughts|>:` when a client forces a tool call (OpenAI `tool_choice`).
+
+    The Commands field is opened in the prompt, with the tool's name when one is
+    named, so the model can only complete a command.
+    """
+    return f" None{EOT}\n{COMMANDS}: " + (f'{tool}("' if tool else "")
+
+
+def visible_thoughts(first_pass: str) -> str:
+    """The inner thoughts in a first pass generated so far, for streaming as reasoning.
+
+    Text after `<eot>` is never shown, nor a tail that may still become `<eot>`,
+    nor the protocol's `None` (no thoughts).
+    """
+    text = first_pass[1:] if first_pass.startswith(" ") else first_pass
+    end = text.find(EOT)
+    if end >= 0:
+        text = text[:end]
+        return "" if text.strip() == "None" else text
+    for cut in range(len(EOT) - 1, 0, -1):
+        if text.endswith(EOT[:cut]):
+            text = text[:-cut]
+            break
+    return "" if "None".startswith(text.strip()) else text
+
+
 def compress_history(conv: Conversation) -> Conversation:
     """Earlier turns' Results become `None` to save context, as production did."""
     turns = [replace(t, results=None, results_inline=False) if t.plugin and i < len(conv.turns) - 1 else t

@@ -73,3 +73,38 @@ def memorize(tokenizer, texts: list[str], steps: int = 400, seed: int = 1):
         if loss.item() < 0.02:
             break
     return model.eval()
+
+
+# ---------------------------------------------------------------- a served model that calls tools
+
+WEATHER = {"type": "function", "function": {
+    "name": "Weather", "description": "Get the current weather for a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+CALC_Q, WEATHER_Q = "1234*5678等于多少?", "What's the weather in Paris?"
+WEATHER_REPLY = "It is 22°C and sunny in Paris."
+
+
+def meta_with(plugins: dict) -> str:
+    from mosslm import protocol
+
+    custom = [p.capability for n, p in plugins.items() if n not in protocol.PLUGINS]
+    return protocol.meta_instruction("mosslm", [n for n in plugins if n in protocol.PLUGINS], custom=custom)
+
+
+@pytest.fixture(scope="session")
+def tool_model(tiny_tokenizer, tmp_path_factory):
+    """A micro model trained here to call the server's Calculate and a client's Weather tool."""
+    from mosslm import protocol
+    from mosslm.model import save_checkpoint
+    from mosslm.plugins.registry import BUILTINS
+    from mosslm.serve.openai_tools import client_plugins
+
+    meta = meta_with({"Calculate": BUILTINS["Calculate"], **client_plugins([WEATHER])})
+    calc = protocol.Turn(CALC_Q, "1234*5678=7006652。", plugin=True, thoughts="需要计算",
+                         commands='Calculate("1234*5678")', results="Calculate(\"1234*5678\") => '7006652'\n")
+    weather = protocol.Turn(WEATHER_Q, WEATHER_REPLY, plugin=True, thoughts="I need the weather.",
+                            commands='Weather("Paris")', results='Weather("Paris") => 22°C, sunny\n')
+    model = memorize(tiny_tokenizer, [protocol.Conversation(meta, [t]).render() for t in (calc, weather)])
+    path = tmp_path_factory.mktemp("tools") / "tool-model"
+    save_checkpoint(model, tiny_tokenizer, path, preset="mosslm", metadata={"plugins": ["Calculate"]})
+    return path

@@ -8,41 +8,14 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import memorize
+from conftest import CALC_Q, WEATHER, WEATHER_Q, WEATHER_REPLY
 
 from mosslm import protocol
 from mosslm.agent import Agent, ModelGenerator
 from mosslm.engine import SamplingParams
-from mosslm.model import load, save_checkpoint
-from mosslm.plugins.registry import BUILTINS
+from mosslm.model import load
 from mosslm.serve.app import Server, create_app
 from mosslm.serve.openai_tools import BridgeError, arguments, client_plugins
-
-WEATHER = {"type": "function", "function": {
-    "name": "Weather", "description": "Get the current weather for a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-CALC_Q, WEATHER_Q = "1234*5678等于多少?", "What's the weather in Paris?"
-WEATHER_REPLY = "It is 22°C and sunny in Paris."
-
-
-def meta_with(plugins: dict) -> str:
-    custom = [p.capability for n, p in plugins.items() if n not in protocol.PLUGINS]
-    return protocol.meta_instruction("mosslm", [n for n in plugins if n in protocol.PLUGINS], custom=custom)
-
-
-@pytest.fixture(scope="module")
-def tool_model(tiny_tokenizer, tmp_path_factory):
-    """A micro model trained here to call the server's Calculate and a client's Weather tool."""
-    meta = meta_with({"Calculate": BUILTINS["Calculate"], **client_plugins([WEATHER])})
-    calc = protocol.Turn(CALC_Q, "1234*5678=7006652。", plugin=True, thoughts="需要计算",
-                         commands='Calculate("1234*5678")', results="Calculate(\"1234*5678\") => '7006652'\n")
-    weather = protocol.Turn(WEATHER_Q, WEATHER_REPLY, plugin=True, thoughts="I need the weather.",
-                            commands='Weather("Paris")', results='Weather("Paris") => 22°C, sunny\n')
-    model = memorize(tiny_tokenizer, [protocol.Conversation(meta, [t]).render() for t in (calc, weather)])
-    path = tmp_path_factory.mktemp("tools") / "tool-model"
-    save_checkpoint(model, tiny_tokenizer, path, preset="mosslm", metadata={"plugins": ["Calculate"]})
-    return path
-
 
 class Recording(ModelGenerator):
     """The real generator, keeping every prompt it was given."""
@@ -147,22 +120,27 @@ def test_errors_are_clear_openai_style(api):
     url, _ = api
     user = {"role": "user", "content": WEATHER_Q}
     cases = [
-        (None, b"{not json", "not valid JSON"),
-        ({"messages": [user], "tools": [WEATHER], "tool_choice": "required"}, None, "tool_choice"),
-        ({"messages": [user], "tools": [{"type": "function", "function": {"name": "bad name!"}}]}, None, "tool name"),
+        (None, b"{not json", 400, "not valid JSON"),
+        ({"messages": [user], "tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "Nope"}}},
+         None, 400, "tool_choice"),
+        ({"messages": [user], "tools": [{"type": "function", "function": {"name": "bad name!"}}]}, None, 400, "tool name"),
         ({"messages": [user, {"role": "assistant", "content": None, "tool_calls": [
             {"id": "c1", "type": "function", "function": {"name": "Weather", "arguments": "{}"}}]}],
-          "tools": [WEATHER]}, None, "no tool message"),
-        ({"messages": [user], "stream": True}, None, "streaming"),
-        ({"messages": [user], "temperature": -1}, None, "temperature"),
-        ({"messages": []}, None, "non-empty"),
-        ({"messages": [{"role": "user", "content": "长" * 5000}]}, None, "too long"),
+          "tools": [WEATHER]}, None, 400, "no tool message"),
+        ({"messages": [user], "temperature": -1}, None, 400, "temperature"),
+        ({"messages": [user], "seed": "abc"}, None, 400, "seed"),
+        ({"messages": [user], "n": 9}, None, 400, "n"),
+        ({"messages": [user], "max_tokens": 10**9}, None, 400, "cap"),
+        ({"messages": []}, None, 400, "at least 1"),
+        ({"messages": [user], "model": "gpt-4o"}, None, 404, "does not exist"),
+        ({"messages": [{"role": "user", "content": "长" * 5000}]}, None, 413, "too long"),
+        ({"messages": [{"role": "user", "content": "长" * 5000}], "stream": True}, None, 413, "too long"),
     ]
-    for body, raw, words in cases:
+    for body, raw, status_wanted, words in cases:
         status, out = post(url, body, raw)
-        assert status == 400, (body, out)
+        assert status == status_wanted, (body, out)
         assert words in out["error"]["message"], out
-        assert out["error"]["type"] == "invalid_request_error"
+        assert set(out["error"]) == {"message", "type", "param", "code"}
 
 
 def test_models_and_health(api):
@@ -214,15 +192,18 @@ def test_concurrent_requests_are_batched_and_agree(api):
 
 def test_a_full_engine_answers_503_at_once(tool_model):
     from mosslm.engine.engine import EngineConfig
-    from mosslm.serve.app import RequestError
+    import asyncio
+
+    from mosslm.serve.errors import APIError
+    from mosslm.serve.schemas import ChatCompletionRequest
 
     generator = ModelGenerator(load(tool_model), EngineConfig(max_running=1, max_waiting=0, kv_budget_mb=64))
     base = Agent(generator, speaks_moss=True, preset="mosslm", params=SamplingParams(max_new_tokens=400, temperature=1.0))
     server = Server(base, "m")
     first = generator.engine.submit([5] * 10, SamplingParams(max_new_tokens=400, temperature=1.0))
     next(iter(first))  # the only slot is busy, the waiting queue has no room
-    with pytest.raises(RequestError) as e:
-        server.chat_completion({"messages": [{"role": "user", "content": "hi"}]})
-    assert e.value.status == 503 and "max_running" in str(e.value)
+    with pytest.raises(APIError) as e:
+        asyncio.run(server.chat(ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}])))
+    assert e.value.status == 503 and "max_running" in str(e.value) and e.value.retry_after
     first.cancel()
     generator.engine.shutdown()

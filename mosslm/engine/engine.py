@@ -19,7 +19,11 @@ no model code of its own.
 `submit()` returns a handle: iterate it (or `async for`) for text deltas made
 of whole characters, `cancel()` it, read `.result` when done. A full queue is
 refused at once with `EngineFull`; a prompt that can never fit with
-`RequestTooLarge`.
+`RequestTooLarge`. With `SamplingParams.logprobs`, `handle.logprobs` grows by
+one entry per token before its text is queued; a yielded delta covers
+`handle.logprobs[previous:handle.streamed_tokens]`. `prompt_logprobs` turns
+prefix reuse off for its request. n > 1 is n submits of one prompt: a request
+sharing a prefix with a prompt still in prefill waits for it and copies its KV.
 """
 
 from __future__ import annotations
@@ -34,13 +38,15 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from . import cpu
 from .detokenizer import IncrementalDetokenizer, StopMatcher
 from .generate import Generation, _cache_keyword
-from .kv_cache import SlotKV, SlotTable
+from .kv_cache import MIN_PREFIX_COPY, SlotKV, SlotTable, common_prefix
+from .logprobs import prompt_chunk_logprobs, token_logprobs
 from .sampling import SamplingParams, sample_next
 
 
@@ -84,6 +90,7 @@ class Request:
     max_new: int = 0
     submitted: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
+    constraint: Any = None         # the per-request state of params.constraint
 
     @property
     def prefilling(self) -> bool:
@@ -104,6 +111,18 @@ class RequestHandle:
         self.cancelled = False
         self.ttft: float | None = None        # seconds from submit to the first token
         self.token_times: list[float] = []    # monotonic time of each generated token
+        self.streamed_tokens = 0              # generated tokens covered by the text yielded so far
+
+    @property
+    def logprobs(self) -> list | None:
+        """TokenLogprob of each generated token so far (None unless params.logprobs is set)."""
+        return self.result.logprobs
+
+    def _item(self, item):
+        if isinstance(item, BaseException):
+            raise item
+        text, self.streamed_tokens = item
+        return text
 
     def cancel(self) -> None:
         """Stop generating; the slot is freed at the start of the next engine step."""
@@ -115,18 +134,14 @@ class RequestHandle:
             item = self._queue.get()
             if item is _DONE:
                 return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            yield self._item(item)
 
     async def __aiter__(self) -> AsyncIterator[str]:
         while True:
             item = await asyncio.to_thread(self._queue.get)
             if item is _DONE:
                 return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            yield self._item(item)
 
     def wait(self, timeout: float | None = None) -> Generation:
         for _ in self:
@@ -197,6 +212,12 @@ class Engine:
         if params.seed is not None:
             req.generator = torch.Generator().manual_seed(params.seed)
         handle.result.prompt_tokens = len(prompt)
+        if params.logprobs is not None:
+            handle.result.logprobs = []
+        if params.prompt_logprobs is not None:
+            handle.result.prompt_logprobs = [None]
+        if params.constraint is not None:
+            req.constraint = params.constraint.new_state()
         with self._cv:
             if self._stopped:
                 raise EngineStopped("the engine is shut down")
@@ -259,10 +280,20 @@ class Engine:
             r.handle.result.finish_reason = "cancelled"
             r.handle._queue.put(_DONE)
             r.handle.finished.set()
-        while self._waiting and len(self._running) < self.max_running and self.slots.free_count():
-            r = self._waiting.popleft()
-            r.slot, r.done_tokens = self.slots.acquire(r.prompt, self.kv, reuse=self.config.prefix_caching)
+        for r in list(self._waiting):
+            if len(self._running) >= self.max_running or not self.slots.free_count():
+                break
+            reuse = self.config.prefix_caching and r.params.prompt_logprobs is None
+            if reuse and self._wait_for_prefix(r):
+                continue
+            self._waiting.remove(r)
+            r.slot, r.done_tokens = self.slots.acquire(r.prompt, self.kv, reuse=reuse)
             self._running.append(r)
+
+    def _wait_for_prefix(self, r: Request) -> bool:
+        """A running request is still prefilling a prompt that shares a reusable prefix with r's."""
+        return any(o.prefilling and min(common_prefix(r.prompt, o.prompt), len(r.prompt) - 1) >= MIN_PREFIX_COPY
+                   for o in self._running)
 
     def _finish(self, r: Request, error: BaseException | None = None) -> None:
         """Under the lock: release the slot (its KV stays for prefix reuse) and end the stream."""
@@ -293,9 +324,14 @@ class Engine:
                 rows.append((r, chunk))
                 budget -= len(chunk)
         if rows:
-            logits = self._forward([r.slot for r, _ in rows], [c for _, c in rows], [r.done_tokens for r, _ in rows])
+            full = {i: None for i, (r, _) in enumerate(rows) if r.params.prompt_logprobs is not None}
+            logits = self._forward([r.slot for r, _ in rows], [c for _, c in rows], [r.done_tokens for r, _ in rows],
+                                   full)
             done = []
             for i, (r, chunk) in enumerate(rows):
+                if i in full:
+                    r.handle.result.prompt_logprobs += prompt_chunk_logprobs(full[i], r.prompt, r.done_tokens,
+                                                                             r.params.prompt_logprobs)
                 self.slots.extend(r.slot, chunk)
                 r.done_tokens += len(chunk)
                 if not r.prefilling:
@@ -303,8 +339,11 @@ class Engine:
             if done:
                 self._sample([rows[i][0] for i in done], logits[done])
 
-    def _forward(self, slots: list[int], tokens: list[list[int]], starts: list[int]) -> torch.Tensor:
-        """One forward over rows of new tokens; returns each row's logits at its last real token."""
+    def _forward(self, slots: list[int], tokens: list[list[int]], starts: list[int],
+                 full: dict[int, torch.Tensor | None] | None = None) -> torch.Tensor:
+        """One forward over rows of new tokens; returns each row's logits at its last real token.
+
+        For each row index in `full`, its logits at every real position are stored there too."""
         lengths = [len(t) for t in tokens]
         n = max(lengths)
         ids = torch.zeros(len(tokens), n, dtype=torch.long)
@@ -320,14 +359,18 @@ class Engine:
             out = self.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                position_ids=q_pos.to(self.device), use_cache=True, **{self._cache_kw: self.kv})
             hidden = out.last_hidden_state[torch.arange(len(tokens)), torch.tensor(lengths) - 1]
+            for b in full or ():
+                full[b] = self.head(out.last_hidden_state[b, : lengths[b]]).float()
             return self.head(hidden).float()
 
     def _sample(self, reqs: list[Request], logits: torch.Tensor) -> None:
         now = time.monotonic()
         finished = []
-        for r, row in zip(reqs, logits):
+        for i, (r, row) in enumerate(zip(reqs, logits)):
             seen = (torch.tensor(r.prompt + r.generated).unique() if r.params.repetition_penalty != 1.0
                     else row.new_empty(0, dtype=torch.long))
+            if r.constraint is not None:  # only grammar tokens: the grammar ends the request, never a stop token
+                row = r.constraint.mask_logits(row, self.stop_token_ids | set(r.params.stop_token_ids))
             token = sample_next(row, r.params, seen, r.generator)
             h = r.handle
             if r.first_token_at is None:
@@ -341,12 +384,19 @@ class Engine:
             r.generated.append(token)
             h.result.token_ids.append(token)
             h.token_times.append(now)
+            if r.params.logprobs is not None:  # from the raw logits, as vLLM reports them
+                h.result.logprobs += token_logprobs(logits[i: i + 1], [token], r.params.logprobs)
+            if r.constraint is not None:
+                r.constraint.advance(token)
             delta = r.matcher.feed(r.detok.push(token))
             if delta:
                 h.result.text += delta
-                h._queue.put(delta)
+                h._queue.put((delta, len(r.generated)))
             if r.matcher.stopped_on is not None:
                 h.result.finish_reason, h.result.stopped_on = "stop", r.matcher.stopped_on
+                finished.append(r)
+            elif r.constraint is not None and r.constraint.done:
+                h.result.finish_reason = "stop"
                 finished.append(r)
             elif len(r.generated) >= r.max_new:
                 h.result.finish_reason = "length"
@@ -362,7 +412,7 @@ class Engine:
                     tail += r.matcher.flush()
                 if tail:
                     r.handle.result.text += tail
-                    r.handle._queue.put(tail)
+                    r.handle._queue.put((tail, len(r.generated)))
         if finished:
             with self._cv:
                 for r in finished:

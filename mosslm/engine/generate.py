@@ -14,6 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from .detokenizer import IncrementalDetokenizer, StopMatcher
+from .logprobs import TokenLogprob
 from .sampling import SamplingParams, sample_next
 
 
@@ -34,6 +35,9 @@ class Generation:
     finish_reason: str = "length"  # "stop" (stop string/token) or "length"
     stopped_on: str | None = None
     prompt_tokens: int = 0
+    # Filled by the engine (engine.Engine) when SamplingParams asks; None when off:
+    logprobs: list[TokenLogprob] | None = None  # one per token_ids entry, appended as tokens are produced
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # one per prompt token; the first is None
 
 
 @torch.inference_mode()

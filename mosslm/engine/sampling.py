@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+
+from .logprobs import check_k
 
 
 @dataclass
@@ -17,6 +20,10 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)          # stop strings (not included in the output)
     stop_token_ids: list[int] = field(default_factory=list)
+    # Engine only (engine.Engine), see logprobs.py and constrained.py:
+    logprobs: int | None = None          # None: off; k in 0..20: each generated token's logprob + k alternatives
+    prompt_logprobs: int | None = None   # None: off; k: each prompt token's logprob given the ones before it
+    constraint: Any = None               # a compiled constrained.JsonConstraint: the reply must match it
 
     def __post_init__(self) -> None:
         problems = []
@@ -32,6 +39,10 @@ class SamplingParams:
             problems.append(f"repetition_penalty must be in (0, 10], got {self.repetition_penalty}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             problems.append("stop strings must be non-empty strings")
+        problems += [p for p in (check_k("logprobs", self.logprobs),
+                                 check_k("prompt_logprobs", self.prompt_logprobs)) if p]
+        if self.constraint is not None and not callable(getattr(self.constraint, "new_state", None)):
+            problems.append("constraint must be a compiled constraint (constrained.JsonConstraint.compile(...))")
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -1,0 +1,112 @@
+"""`moss serve`: its flags and start-up (who may connect, the limits, loading the model)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def add_serve_parser(verbs, sampling_args) -> None:
+    srv = verbs.add_parser(
+        "serve", help="serve an OpenAI-compatible API (streaming, completions, keys, limits, metrics)",
+        description="Serve POST /v1/chat/completions and /v1/completions (streaming or not), GET /v1/models, "
+                    "/health and /metrics. Client `tools` are shown to the model as plugins and come back as "
+                    "tool_calls; --plugins are run by the server. With keys created (`moss keys create`), "
+                    "every request needs `Authorization: Bearer KEY`.")
+    srv.add_argument("--model", help="checkpoint folder, .gguf file, a downloaded name or ORG/NAME "
+                                     "(default: the default model)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--name", help="model name in the API (default: the folder name)")
+    srv.add_argument("--plugins", help="server-side plugins, comma-separated, or 'none' (default: the model's)")
+    srv.add_argument("--plugin-path", action="append", default=[], metavar="FILE.py",
+                     help="load plugins from a Python file (repeatable)")
+    g = srv.add_argument_group("access and limits")
+    g.add_argument("--data-dir", type=Path, help="the serving database's folder (default: $MOSSLM_HOME/serve)")
+    g.add_argument("--auth", choices=["keys", "none"], default="keys",
+                   help="keys (default): requests need a key once any exists; none: an open server")
+    g.add_argument("--max-in-flight", type=int, default=256, help="requests answered at once; beyond: 503")
+    g.add_argument("--max-running", type=int, default=16, help="requests generating in one batch")
+    g.add_argument("--max-waiting", type=int, default=128, help="requests queued for the engine; beyond: 503")
+    g.add_argument("--max-body-bytes", type=int, default=4 << 20, help="larger request bodies: 413")
+    g.add_argument("--max-tokens-cap", type=int, default=4096, help="max_tokens above it: 400")
+    g.add_argument("--request-timeout", type=float, default=600.0, help="wall seconds per request")
+    sampling_args(srv)
+    srv.set_defaults(func=cmd_serve)
+
+
+def _loopback(host: str) -> bool:
+    if host in LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..chat import ChatError, build_agent, model_path
+    from ..cli import _sampling_params
+    from ..engine.engine import EngineConfig
+    from .app import serve
+    from .keys import any_keys
+    from .server import Server, ServerConfig
+    from .store import StoreError, open_db
+
+    for flag in ("max_in_flight", "max_running", "max_waiting", "max_body_bytes", "max_tokens_cap"):
+        if getattr(args, flag) < 1:
+            print(f"moss serve: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    try:
+        params = _sampling_params(args)
+        store = open_db(args.data_dir)
+    except (ValueError, StoreError) as e:
+        print(f"moss serve: {e}", file=sys.stderr)
+        return 2
+    keyed = any_keys(store)
+    if args.auth == "none":
+        open_access = True
+        if not _loopback(args.host):
+            print(f"WARNING: --auth none on {args.host}: anyone who can reach this address can use the model. "
+                  "Create keys with `moss keys create` and drop --auth none.", file=sys.stderr)
+    elif keyed:
+        open_access = False
+    elif _loopback(args.host):
+        open_access = True
+    else:
+        print(f"moss serve: no API keys exist, and {args.host} is reachable from other machines. Create one "
+              "with `moss keys create`, or pass --auth none to run an open server there.", file=sys.stderr)
+        return 2
+    name = args.name or (os.path.basename(os.path.normpath(args.model)) if args.model else "default")
+    config = ServerConfig(max_in_flight=args.max_in_flight, max_body_bytes=args.max_body_bytes,
+                          max_tokens_cap=args.max_tokens_cap, request_timeout_s=args.request_timeout)
+    server = Server(None, name, config, store=store, open_access=open_access)
+    engine = EngineConfig(max_running=args.max_running, max_waiting=args.max_waiting)
+
+    try:
+        path = model_path(args.model)  # before listening: a wrong --model is an error, not a dead server
+    except ChatError as e:
+        print(f"moss serve: {e}", file=sys.stderr)
+        return 2
+
+    def load():
+        try:
+            agent = build_agent(str(path), args.plugins, params, plugin_paths=args.plugin_path, dtype=args.dtype,
+                                engine_config=engine)
+        except ChatError as e:
+            print(f"moss serve: {e}", file=sys.stderr)
+            os._exit(2)  # the HTTP server runs on: only an exit ends it from this thread
+        print(f"serving {name} (plugins: {', '.join(agent.plugins) or 'none'})", file=sys.stderr, flush=True)
+        return agent
+
+    access = ("open: no API keys exist, so requests need none (this machine only)" if open_access and not keyed
+              else "open (--auth none)" if open_access else "API keys required (Authorization: Bearer KEY)")
+    print(f"moss serve on http://{args.host}:{args.port}/v1, database {store.path}; access: {access}",
+          file=sys.stderr, flush=True)
+    serve(server, args.host, args.port, load=load)
+    return 0
