@@ -7,7 +7,8 @@ servers on 127.0.0.1 -- `moss serve` and its llama.cpp peers, on the same weight
     scripts/build_llama_peers.sh                                     # builds the peers first
 
 Servers (each started here as a child process on a free port, waited for, then stopped):
-  moss              `moss serve --model M`                    ready: GET /health == 200
+  moss              `moss serve --model M --data-dir LOG_DIR/moss-serve-data`
+                                                              ready: GET /health == 200
   llama-cpp-python  `PEERS/venv/bin/python -m llama_cpp.server --model GGUF --n_ctx 2048
                      --interrupt_requests False` (its default True ends a stream when a new
                      request comes in, which under load empties nearly every stream)
@@ -45,6 +46,7 @@ import json
 import os
 import resource
 import shutil
+import shlex
 import signal
 import socket
 import subprocess
@@ -342,7 +344,11 @@ def server_command(name: str, args: argparse.Namespace, port: int) -> tuple[list
         cmd = moss_command()
         if not shutil.which(cmd[0]):
             return "the `moss` command was not found (run scripts/setup.sh)"
-        return [*cmd, "serve", "--model", args.model, "--host", HOST, "--port", str(port)], "/health"
+        if args.moss_args is None:  # a fresh serving database: no keys (an open server), no usage history
+            extra = ["--data-dir", str(Path(args.log_dir) / "moss-serve-data")]
+        else:
+            extra = shlex.split(args.moss_args)
+        return [*cmd, "serve", "--model", args.model, "--host", HOST, "--port", str(port), *extra], "/health"
     if not Path(gguf).is_file():
         return f"GGUF {gguf} not found (moss download smollm2, or --gguf)"
     if name == "llama-cpp-python":
@@ -613,8 +619,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overload", action="store_true", help="the overload check against our server instead of load runs")
     p.add_argument("--overload-factor", type=int, default=10)
     p.add_argument("--overload-max-tokens", type=int, default=8)
+    p.add_argument("--moss-args", help="extra `moss serve` options (default: --data-dir LOG_DIR/moss-serve-data, "
+                                       "a fresh serving database with no keys)")
     p.add_argument("--log-dir", help="server logs (default: a temporary folder, kept)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of the tables")
+    p.add_argument("--save", metavar="FILE.json", help="also write the results as JSON to this file")
     args = p.parse_args(argv)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     for s in args.servers:
@@ -641,10 +650,13 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit(peak)
     log_dir = Path(args.log_dir) if args.log_dir else Path(tempfile.mkdtemp(prefix="serve_load-"))
     log_dir.mkdir(parents=True, exist_ok=True)
+    args.log_dir = str(log_dir)
     report = {"config": {k: v for k, v in vars(args).items()}, "log_dir": str(log_dir), "servers": []}
     for name in args.servers:  # one server at a time: they share the CPU
         report["servers"].append(asyncio.run(bench_server(name, args, log_dir)))
     report["ratios"] = ratios(report["servers"])
+    if args.save:
+        Path(args.save).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:

@@ -16,4 +16,10 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -c 'import torch' 2>/dev/null || .venv/bin/python -m pip install -q --disable-pip-version-check "torch==${TORCH_VERSION:-2.13.0}"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# Constrained JSON decoding (response_format): xgrammar without its triton dependency, a 1 GB GPU
+# kernel compiler that xgrammar does not use on a CPU. `pip install 'mosslm[constrained]'` takes all of it.
+.venv/bin/python -c 'import xgrammar' 2>/dev/null || {
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "xgrammar>=0.2.9"
+  .venv/bin/python -m pip install -q --disable-pip-version-check "apache-tvm-ffi>=0.1.11"
+}
 echo "setup: ready (.venv/bin/moss)" >&2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,29 @@ def tool_model(tiny_tokenizer, tmp_path_factory):
     path = tmp_path_factory.mktemp("tools") / "tool-model"
     save_checkpoint(model, tiny_tokenizer, path, preset="mosslm", metadata={"plugins": ["Calculate"]})
     return path
+
+
+@contextmanager
+def serving(app):
+    """A real uvicorn server for `app` on a free 127.0.0.1 port, in a thread; yields its URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    http = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=http.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not http.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert http.started, "the test server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        http.should_exit = True
+        thread.join(10)

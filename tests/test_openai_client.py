@@ -1,15 +1,12 @@
 """The official `openai` client against a real server on 127.0.0.1, with a micro model trained here."""
 
 import json
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 
 import pytest
-from conftest import CALC_Q, WEATHER, WEATHER_Q, WEATHER_REPLY
+from conftest import CALC_Q, WEATHER, WEATHER_Q, WEATHER_REPLY, serving
 
 from mosslm.agent import Agent, ModelGenerator
 from mosslm.engine import SamplingParams
@@ -22,25 +19,8 @@ openai = pytest.importorskip("openai")
 CALC_REPLY = "1234*5678=7006652。"
 
 
-@contextmanager
 def running(server: Server):
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    http = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=http.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not http.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert http.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        http.should_exit = True
-        thread.join(10)
+    return serving(create_app(server))
 
 
 @pytest.fixture(scope="module")
@@ -172,17 +152,23 @@ def test_json_schema_response_format_parses_and_validates(url):
 
 def test_disconnecting_mid_stream_frees_the_engine_slot(url, generator):
     engine = generator.engine
-    body = json.dumps({"model": "tool-model", "messages": [{"role": "user", "content": "tell me a long story"}],
-                       "stream": True, "max_tokens": 2000, "temperature": 1.0, "seed": 1}).encode()
-    req = urllib.request.Request(url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
-    resp = urllib.request.urlopen(req, timeout=30)
-    resp.readline()  # the first chunk: generation is under way
-    assert engine.slots.free_count() < len(engine.slots.slots)
-    resp.close()
+    total = len(engine.slots.slots)
+    for seed in range(8):  # a sampled story may end by itself first; then try another seed
+        body = json.dumps({"model": "tool-model", "prompt": "Once upon a time", "stream": True, "max_tokens": 900,
+                           "temperature": 1.0, "seed": seed}).encode()
+        req = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
+        resp = urllib.request.urlopen(req, timeout=30)
+        lines = [resp.readline() for _ in range(6)]  # a few tokens in: generation is under way
+        busy = engine.slots.free_count() < total
+        resp.close()
+        if busy and b"[DONE]" not in b"".join(lines):
+            break
+    else:
+        pytest.fail("no generation was still running after a few tokens")
     deadline = time.time() + 10
-    while engine.slots.free_count() < len(engine.slots.slots) and time.time() < deadline:
+    while engine.slots.free_count() < total and time.time() < deadline:
         time.sleep(0.05)
-    assert engine.slots.free_count() == len(engine.slots.slots)
+    assert engine.slots.free_count() == total
 
 
 def test_each_error_is_its_client_exception(generator, tmp_path):
@@ -226,3 +212,27 @@ def test_metrics_show_requests_latency_and_the_engine(url):
                  "mosslm_engine_kv_slots_in_use", "mosslm_engine_prefix_cache_hit_tokens"):
         assert name in text, name
     assert 'route="/v1/chat/completions",status="200"' in text
+
+
+def test_streamed_completions_equal_the_non_streamed_text(url):
+    c = client(url)
+    whole = c.completions.create(model="tool-model", prompt="1234*5678=", max_tokens=12, temperature=0)
+    parts = list(c.completions.create(model="tool-model", prompt="1234*5678=", max_tokens=12, temperature=0,
+                                      stream=True))
+    assert "".join(p.choices[0].text for p in parts if p.choices) == whole.choices[0].text
+    assert whole.choices[0].text and parts[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_requests_beyond_the_in_flight_cap_get_a_fast_503(generator):
+    with running(Server(base_agent(generator), "tool-model", ServerConfig(max_in_flight=1))) as u:
+        body = json.dumps({"messages": [{"role": "user", "content": "a long story"}], "stream": True,
+                           "max_tokens": 900, "temperature": 1.0, "seed": 2}).encode()
+        held = urllib.request.urlopen(urllib.request.Request(
+            u + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}), timeout=30)
+        held.readline()
+        started = time.monotonic()
+        with pytest.raises(openai.InternalServerError) as e:
+            client(u).chat.completions.create(model="tool-model", messages=[{"role": "user", "content": "hi"}])
+        assert e.value.status_code == 503 and e.value.response.headers["retry-after"] == "1"
+        assert time.monotonic() - started < 5
+        held.close()
