@@ -36,6 +36,9 @@ and a normal request must succeed. Exit status 1 when any of that fails.
 Bounds: --time-limit seconds of load per server (unfinished requests are cancelled and
 counted as `time_limit`), --request-timeout per request, --startup-timeout per server.
 The client shares the CPU with the server; on a small machine, figures are relative.
+Thread defaults differ: llama-cpp-python takes half the cores, llama-server all of them,
+and llama.cpp's spinning thread barrier degrades badly when another process holds one
+of those cores; --threads N sets both peers alike.
 """
 
 from __future__ import annotations

@@ -236,3 +236,12 @@ def test_requests_beyond_the_in_flight_cap_get_a_fast_503(generator):
         assert e.value.status_code == 503 and e.value.response.headers["retry-after"] == "1"
         assert time.monotonic() - started < 5
         held.close()
+
+
+def test_chat_logprobs_cover_the_reply_tokens(url, generator):
+    out = client(url).chat.completions.create(model="tool-model", messages=[{"role": "user", "content": CALC_Q}],
+                                              tools=[WEATHER], temperature=0, logprobs=True, top_logprobs=2)
+    content = out.choices[0].logprobs.content
+    assert "".join(t.token for t in content).strip() == out.choices[0].message.content == CALC_REPLY
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)
+    assert all(t.top_logprobs[0].logprob >= t.logprob - 1e-6 for t in content)  # greedy: the chosen is the best

@@ -139,10 +139,22 @@ def message_of(agent: Agent, turn: protocol.Turn, events: list, plugins: dict, n
     return message, agent.last_finish_reason
 
 
-def logprobs_content(tokenizer, entries: list) -> dict | None:
-    """OpenAI's chat `logprobs.content` list from the engine's TokenLogprob entries."""
+def logprobs_content(tokenizer, entries: list, reply: str | None = None) -> dict | None:
+    """OpenAI's chat `logprobs.content` list from the engine's TokenLogprob entries.
+
+    With `reply`, only the tokens that make up the reply are kept: not the stop
+    string (`<eom>`) that ended it, which the reply does not include either.
+    """
     if not entries:
         return None
+    if reply is not None:
+        kept, text = [], ""
+        for e in entries:
+            if len(text.lstrip()) >= len(reply):
+                break
+            kept.append(e)
+            text += tokenizer.decode([e.token_id], skip_special_tokens=False)
+        entries = kept
 
     def item(token_id: int, lp: float) -> dict:
         text = tokenizer.decode([token_id], skip_special_tokens=False)

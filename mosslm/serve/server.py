@@ -161,7 +161,7 @@ class Server:
                       "finish_reason": "length" if run.timed_out else finish}
             if req.logprobs:
                 choice["logprobs"] = chat_api.logprobs_content(self.base.generator.loaded.tokenizer,
-                                                               agent.last_logprobs)
+                                                               agent.last_logprobs, message.get("content"))
             choices.append(choice)
         usage = chat_api.usage_of([a for a, _, _ in prepared])
         self._count(usage, box)
@@ -207,7 +207,8 @@ class Server:
             finish = "length" if run.timed_out else ("tool_calls" if called else agent.last_finish_reason)
             last = {"index": run.index, "delta": {}, "logprobs": None, "finish_reason": finish}
             if req.logprobs:
-                last["logprobs"] = chat_api.logprobs_content(self.base.generator.loaded.tokenizer, agent.last_logprobs)
+                last["logprobs"] = chat_api.logprobs_content(self.base.generator.loaded.tokenizer, agent.last_logprobs,
+                                                             conv.turns[-1].reply)
             yield chat_api.chunk(cid, created, model, [last])
         usage = chat_api.usage_of([a for a, _, _ in prepared])
         self._count(usage, box)
