@@ -13,10 +13,9 @@ import threading
 import time
 from dataclasses import replace
 
-from ..engine.engine import EngineFull, RequestTooLarge
 from .chat import new_id, now
-from .errors import APIError, bad_request, overloaded
-from .runs import Run, run_all
+from .errors import APIError, bad_request
+from .runs import Run, client_error, run_all
 from .schemas import CompletionRequest
 
 
@@ -101,24 +100,13 @@ def _logprobs(tok, prompt_ids: list[int], result, echo: bool) -> dict:
     return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
 
 
-def _failed(runs) -> APIError | None:
-    for run in runs:
-        if isinstance(run.error, RequestTooLarge):
-            return APIError(413, str(run.error), "prompt", "context_length_exceeded")
-        if isinstance(run.error, EngineFull):
-            return overloaded(str(run.error))
-        if run.error is not None:
-            raise run.error
-    return None
-
-
 async def complete(server, req: CompletionRequest, box: dict | None = None) -> dict:
     prompts, jobs, runs, results = _runs(server, req)
     tok = server.base.generator.loaded.tokenizer
     started = time.monotonic()
     async for _ in run_all(runs, started + server.config.request_timeout_s, threading.Event()):
         pass
-    error = _failed(runs)
+    error = client_error(runs, "prompt")
     if error is not None:
         raise error
     choices, completion_tokens = [], 0
@@ -164,7 +152,7 @@ async def _chunks(server, req, prompts, jobs, runs, results, box):
                           "finish_reason": None}])
     async for index, delta in run_all(runs, started + server.config.request_timeout_s, threading.Event()):
         yield chunk([{"index": index, "text": delta, "logprobs": None, "finish_reason": None}])
-    error = _failed(runs)
+    error = client_error(runs, "prompt")
     if error is not None:
         yield f"data: {json.dumps(error.body())}\n\n"
     completion_tokens = 0

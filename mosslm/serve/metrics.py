@@ -49,7 +49,12 @@ class _EngineCollector:
         engine = self.source()
         if engine is None:
             return
-        stats = engine_stats(engine)
+        stats = engine.stats()
+        total = len(engine.slots.slots)
+        stats = {"running": stats["running"], "waiting": stats["waiting"], "kv_slots": total,
+                 "kv_slots_in_use": total - stats["free_slots"],
+                 "prefix_cache_hit_tokens": stats["prefix_hit_tokens"],
+                 "prefix_cache_lookup_tokens": stats["prompt_tokens"]}
         for name, doc in (("running", "Requests generating in the engine"),
                           ("waiting", "Requests queued for a KV slot"),
                           ("kv_slots_in_use", "KV cache slots held by running requests"),
@@ -63,11 +68,3 @@ class _EngineCollector:
             g.add_metric([], stats[name])
             yield g
 
-
-def engine_stats(engine) -> dict[str, int]:
-    with engine._lock:  # a consistent snapshot of the engine loop's bookkeeping
-        running, waiting = len(engine._running), len(engine._waiting)
-    slots = engine.slots
-    return {"running": running, "waiting": waiting, "kv_slots": len(slots.slots),
-            "kv_slots_in_use": len(slots.slots) - slots.free_count(),
-            "prefix_cache_hit_tokens": slots.prefix_hits, "prefix_cache_lookup_tokens": slots.prefix_lookups}

@@ -16,6 +16,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine.engine import EngineFull, EngineStopped, RequestTooLarge
+from ..engine.generate import ContextTooLong
+from .errors import APIError, overloaded
+
 _END = object()
 
 
@@ -71,3 +75,21 @@ async def run_all(runs: list[Run], deadline: float, stop: threading.Event) -> As
             yield index, item
     finally:
         stop.set()  # the reader left early (disconnect): every run stops at its next item
+
+
+def client_error(runs: list[Run], param: str) -> APIError | None:
+    """What the first failed run means for the client; anything unexpected is re-raised (a real bug)."""
+    for run in runs:
+        error = run.error
+        if error is None:
+            continue
+        if isinstance(error, APIError):
+            return error
+        if isinstance(error, (ContextTooLong, RequestTooLarge)):
+            return APIError(413, str(error), param, "context_length_exceeded")
+        if isinstance(error, EngineFull):
+            return overloaded(str(error))
+        if isinstance(error, EngineStopped):
+            return overloaded("the server is shutting down", 5.0)
+        raise error
+    return None

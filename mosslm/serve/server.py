@@ -16,12 +16,10 @@ from typing import Any
 
 from ..agent import Agent
 from ..engine import SamplingParams
-from ..engine.engine import EngineFull, EngineStopped, RequestTooLarge
-from ..engine.generate import ContextTooLong
 from . import chat as chat_api
 from .errors import APIError, bad_request, overloaded
-from .metrics import Metrics, engine_stats
-from .runs import Run, run_all
+from .metrics import Metrics
+from .runs import Run, client_error, run_all
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 
@@ -74,7 +72,7 @@ class Server:
                                     f"{e.retry_after_seconds:.0f} s", code="rate_limit_exceeded",
                                retry_after=e.retry_after_seconds) from None
         engine = getattr(self.base.generator, "engine", None)
-        stats = engine_stats(engine) if engine is not None else None
+        stats = engine.stats() if engine is not None else None
         if stats and stats["waiting"] >= engine.config.max_waiting and stats["running"] >= engine.max_running:
             self.metrics.refusals.labels("engine_queue").inc()
             raise overloaded("the engine's queue is full; retry shortly", self.config.retry_after_s)
@@ -138,9 +136,9 @@ class Server:
         return [Run(i, (lambda a=agent, c=conv: a.complete(c))) for i, (agent, conv, _) in enumerate(prepared)]
 
     def _raise_for(self, runs: list[Run]) -> None:
-        for run in runs:
-            if run.error is not None:
-                raise _client_error(run.error)
+        error = client_error(runs, "messages")
+        if error is not None:
+            raise error
 
     def _observe(self, runs: list[Run], started: float) -> None:
         for run in runs:
@@ -195,10 +193,9 @@ class Server:
             if delta is not None:
                 yield chat_api.chunk(cid, created, model, [{"index": index, "delta": delta, "logprobs": None,
                                                             "finish_reason": None}])
-        for run in runs:
-            if run.error is not None:
-                err = _client_error(run.error)
-                yield f"data: {json.dumps(err.body(), ensure_ascii=False)}\n\n"
+        error = client_error(runs, "messages")
+        if error is not None:
+            yield f"data: {json.dumps(error.body(), ensure_ascii=False)}\n\n"
         self._observe(runs, started)
         for (agent, conv, plugins), run in zip(prepared, runs):
             if run.error is not None:
@@ -231,18 +228,3 @@ class Server:
         if req.stream:
             return stream_completion(self, req, box)
         return await complete(self, req, box)
-
-
-def _client_error(error: BaseException) -> APIError:
-    """What a run's failure means for the client; anything unexpected is re-raised (a real bug)."""
-    if isinstance(error, APIError):
-        return error
-    if isinstance(error, (ContextTooLong, RequestTooLarge)):
-        return APIError(413, str(error), "messages", "context_length_exceeded")
-    if isinstance(error, EngineFull):
-        return overloaded(str(error))
-    if isinstance(error, EngineStopped):
-        return overloaded("the server is shutting down", 5.0)
-    raise error
-
-
