@@ -9,6 +9,7 @@ Llama/Qwen/SmolLM folder or GGUF) get plain turns through their own template.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -102,6 +103,9 @@ class Agent:
     last_prompt_tokens: int = 0
     last_completion_tokens: int = 0
     last_logprobs: list = field(default_factory=list)
+    last_sources: list = field(default_factory=list)     # (title, url) behind citation n of the last plugin turn
+    last_tools_started: float = 0.0                      # wall clock (time.time) when its commands ran
+    last_tools_seconds: float = 0.0                      # how long they took together (they run concurrently)
 
     def __post_init__(self) -> None:
         self.clear()
@@ -175,8 +179,13 @@ class Agent:
         first = not self.history.turns
         self.history.turns.append(turn)
         # The first turn's protocol text starts with the meta instruction the model was given.
-        yield Event("protocol", ((conv.meta if first else "") + turn.render()) if self.speaks_moss else
-                    self.template(self._messages(Conversation("", [turn])), False))
+        yield Event("protocol", self.turn_text(turn, conv.meta if first else ""))
+
+    def turn_text(self, turn: Turn, meta: str = "") -> str:
+        """The exact text of one turn as the model reads it (MOSS protocol, or its own template)."""
+        if self.speaks_moss:
+            return meta + turn.render()
+        return self.template(self._messages(Conversation("", [turn])), False)
 
     def complete(self, conv: Conversation) -> Iterator[Event]:
         """Finish the last turn of `conv` in place (its reply is None).
@@ -189,6 +198,7 @@ class Agent:
         turn = conv.turns[-1]
         conv = self.fit_context(conv)
         self.last_prompt_tokens, self.last_completion_tokens, self.last_logprobs = 0, 0, []
+        self.last_sources, self.last_tools_seconds = [], 0.0
         if self.plugin_mode and turn.commands is not None:
             yield from self._second_pass(conv, turn, [])
         elif self.plugin_mode:
@@ -229,7 +239,9 @@ class Agent:
         if any(c.name in self.plugins and self.plugins[c.name].client_side for c in commands):
             yield Event("tool_calls", turn.commands)  # the client runs these and comes back with results
             return
+        self.last_tools_started, started = time.time(), time.monotonic()
         turn.results, sources = run_commands_with_sources(commands, self.plugins)
+        self.last_tools_seconds, self.last_sources = time.monotonic() - started, sources
         if turn.results is not None:
             yield Event("results", turn.results)
         yield from self._second_pass(conv, turn, sources)

@@ -90,6 +90,23 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_export(args: argparse.Namespace) -> int:
+    from .serve.export import ExportError, export
+    from .serve.store import StoreError, default_data_dir
+
+    data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
+    try:
+        stats = export(data_dir, args.format, args.out, since=args.since, rating=args.rating,
+                       mask=not args.no_mask_pii, model=args.model)
+    except (ExportError, StoreError) as e:
+        print(f"moss data export: {e}", file=sys.stderr)
+        return 2
+    for line in stats.problems:
+        print(f"left out an invalid record: {line}", file=sys.stderr)
+    print(f"wrote {stats.summary()} to {args.out} ({args.format})", file=sys.stderr)
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from .download import DownloadError, fetch, fetch_hub, is_hub_id, listing
 
@@ -321,6 +338,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="calculate: the Calculate plugin (default speedrun); plugins: Search over the bundled "
                             "handbook, Calculate, Solve and two-command turns")
     synth.set_defaults(func=cmd_data_synth)
+    export = data_verbs.add_parser("export", help="export the web chat's rated conversations as training data",
+                                   description="The data flywheel: write the conversations of `moss serve`'s web "
+                                               "chat as SFT records (moss, sharegpt, openai: one per reply) or dpo "
+                                               "preference pairs (a better answer against the disliked reply, a "
+                                               "liked reply against a disliked sibling). PII is masked by default.")
+    export.add_argument("--data-dir", metavar="DIR", help="the server's data folder (default: $MOSSLM_HOME/serve)")
+    export.add_argument("--format", required=True, choices=["moss", "sharegpt", "openai", "dpo"])
+    export.add_argument("--since", metavar="DATE", help="only replies created at or after this date "
+                                                        "(YYYY-MM-DD) or ISO datetime")
+    export.add_argument("--rating", choices=["up", "down", "any"], default="any",
+                        help="SFT: up = liked or corrected replies, down = corrections of disliked replies, "
+                             "any = all but uncorrected disliked replies (default)")
+    export.add_argument("--no-mask-pii", action="store_true", help="keep e-mails, phone numbers, ID numbers and "
+                                                                   "IP addresses (default: masked)")
+    export.add_argument("--model", metavar="NAME", help="only replies of this model")
+    export.add_argument("--out", required=True, help="output .jsonl file (written atomically)")
+    export.set_defaults(func=cmd_data_export)
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
 
     tokenizer = verbs.add_parser("tokenizer", help="train and evaluate tokenizers",

@@ -135,3 +135,11 @@ def serving(app):
     finally:
         http.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def webchat_model(tiny_tokenizer, tmp_path_factory):
+    """A micro model that answers the web chat test prompts (see webchat_fixtures)."""
+    from webchat_fixtures import build_webchat_model
+
+    return build_webchat_model(tmp_path_factory.mktemp("webchat") / "webchat-model", tiny_tokenizer)

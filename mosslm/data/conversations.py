@@ -20,6 +20,7 @@ from pathlib import Path
 from .. import protocol
 from ..protocol import Conversation, ProtocolError
 from ..paths import atomic_file
+from .preferences import is_preference, read_preference
 from .reader import InputPath, iter_records, resolve_inputs
 
 # Per input path: enough to see what is wrong, bounded however broken the input is.
@@ -94,15 +95,24 @@ def _report_for(item: InputPath) -> FileReport:
     return report
 
 
-def _conversations(path: Path, report: FileReport,
-                   progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, Conversation | None, str | None]]:
-    """(line, conversation, None) for each good record, (line, None, error) for a bad one; both are reported."""
+def _conversations(path: Path, report: FileReport, progress: Callable[[int], None] | None = None,
+                   preferences: bool = False) -> Iterator[tuple[int, Conversation | None, str | None]]:
+    """(line, conversation, None) for each good record, (line, None, error) for a bad one; both are reported.
+
+    With `preferences` (check only), a dpo record is validated too and yields
+    its prompt + chosen conversation; convert has no dpo output, so there it is an error.
+    """
     for line, record, error in iter_records(path, progress):
         report.conversations += 1
         warnings: list[str] = []
         if error is None:
             try:
-                fmt, conv = protocol.parse_record(record, warnings=warnings)
+                if not is_preference(record):
+                    fmt, conv = protocol.parse_record(record, warnings=warnings)
+                elif preferences:
+                    fmt, conv = "dpo", read_preference(record, warnings).conversation()
+                else:
+                    raise ProtocolError("a dpo preference record (prompt/chosen/rejected) cannot be converted")
             except ProtocolError as e:
                 error = str(e)
         if error is not None:
@@ -146,7 +156,7 @@ def check_files(paths: list[str], show_progress: bool = False) -> list[FileRepor
     with _byte_progress(reports, show_progress) as progress:
         for item, report in zip(inputs, reports):
             for path in item.files:
-                for _ in _conversations(path, report, progress):
+                for _ in _conversations(path, report, progress, preferences=True):
                     pass
     return reports
 

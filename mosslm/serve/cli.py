@@ -36,6 +36,15 @@ def add_serve_parser(verbs, sampling_args) -> None:
     g.add_argument("--max-body-bytes", type=int, default=4 << 20, help="larger request bodies: 413")
     g.add_argument("--max-tokens-cap", type=int, default=4096, help="max_tokens above it: 400")
     g.add_argument("--request-timeout", type=float, default=600.0, help="wall seconds per request")
+    w = srv.add_argument_group("web chat (at /) and moderation")
+    w.add_argument("--session-days", type=float, default=7.0, help="a login lasts this long (default: 7 days)")
+    w.add_argument("--moderation", choices=["off", "input", "both"], default="off",
+                   help="check user messages (input), or also replies as they stream (both); default off")
+    w.add_argument("--moderation-words", metavar="FILE",
+                   help="the word list, [category] sections of one phrase per line (default: the shipped list)")
+    w.add_argument("--moderation-classifier", metavar="SPEC",
+                   help="also ask a Python callable: module:function, file.py:function, or an entry point "
+                        "of the group mosslm.moderation; it gets (text, stage) and returns a rule name or None")
     sampling_args(srv)
     srv.set_defaults(func=cmd_serve)
 
@@ -58,14 +67,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import Server, ServerConfig
     from .store import StoreError, open_db
 
+    from .moderation import ModerationError, Moderator
+
     for flag in ("max_in_flight", "max_running", "max_waiting", "max_body_bytes", "max_tokens_cap"):
         if getattr(args, flag) < 1:
             print(f"moss serve: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
+    if not args.session_days > 0:
+        print("moss serve: --session-days must be above 0", file=sys.stderr)
+        return 2
     try:
         params = _sampling_params(args)
+        moderator = Moderator.from_config(args.moderation, args.moderation_words, args.moderation_classifier)
         store = open_db(args.data_dir)
-    except (ValueError, StoreError) as e:
+    except (ValueError, StoreError, ModerationError) as e:
         print(f"moss serve: {e}", file=sys.stderr)
         return 2
     keyed = any_keys(store)
@@ -84,8 +99,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     name = args.name or (os.path.basename(os.path.normpath(args.model)) if args.model else "default")
     config = ServerConfig(max_in_flight=args.max_in_flight, max_body_bytes=args.max_body_bytes,
-                          max_tokens_cap=args.max_tokens_cap, request_timeout_s=args.request_timeout)
-    server = Server(None, name, config, store=store, open_access=open_access)
+                          max_tokens_cap=args.max_tokens_cap, request_timeout_s=args.request_timeout,
+                          session_days=args.session_days)
+    server = Server(None, name, config, store=store, open_access=open_access,
+                    moderator=moderator if moderator.mode != "off" else None)
     engine = EngineConfig(max_running=args.max_running, max_waiting=args.max_waiting)
 
     try:
@@ -106,7 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     access = ("open: no API keys exist, so requests need none (this machine only)" if open_access and not keyed
               else "open (--auth none)" if open_access else "API keys required (Authorization: Bearer KEY)")
-    print(f"moss serve on http://{args.host}:{args.port}/v1, database {store.path}; access: {access}",
-          file=sys.stderr, flush=True)
+    print(f"moss serve on http://{args.host}:{args.port}/v1 (web chat: http://{args.host}:{args.port}/), "
+          f"database {store.path}; access: {access}; moderation: {args.moderation}", file=sys.stderr, flush=True)
     serve(server, args.host, args.port, load=load)
     return 0

@@ -13,7 +13,8 @@ import math
 from fastapi.responses import JSONResponse
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+          404: "not_found_error", 405: "invalid_request_error", 409: "invalid_request_error",
+          413: "invalid_request_error", 415: "invalid_request_error",
           429: "rate_limit_error", 503: "overloaded_error"}
 
 

@@ -89,6 +89,7 @@ class KeyInfo:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    logging: bool = True  # False: the holder declined logging; the web chat keeps nothing of theirs
 
     def state(self, now: datetime | None = None) -> str:
         """"revoked", "expired" or "active"."""
@@ -111,7 +112,13 @@ class KeyInfo:
         return cls(id=row["id"], prefix=row["prefix"], note=row["note"], rate_per_min=row["rate_per_min"],
                    tokens_per_min=row["tokens_per_min"], expires_at=parse_time(row["expires_at"]),
                    invite=bool(row["invite"]), created_at=parse_time(row["created_at"]),
-                   last_used_at=parse_time(row["last_used_at"]), revoked_at=parse_time(row["revoked_at"]))
+                   last_used_at=parse_time(row["last_used_at"]), revoked_at=parse_time(row["revoked_at"]),
+                   logging=bool(row["logging"]) if "logging" in row.keys() else True)
+
+    @property
+    def name(self) -> str:
+        """How the web chat shows its holder: the note, or the prefix."""
+        return self.note or f"{self.prefix}..."
 
 
 def hash_key(key: str) -> str:
@@ -164,9 +171,10 @@ def parse_expires(value: str | date | datetime | None, now: datetime | None = No
 
 def create_key(store: Store, note: str | None = None, rate_per_min: int | str | None = None,
                tokens_per_min: int | str | None = None, expires: str | date | datetime | None = None,
-               invite: bool = False) -> tuple[str, KeyInfo]:
+               invite: bool = False, logging: bool = True) -> tuple[str, KeyInfo]:
     """Make a key (or, invite=True, an invitation code); return it (shown once, never
-    stored) and its row. Raises KeysError for a bad limit or an expiry in the past."""
+    stored) and its row. logging=False: the web chat keeps none of its holder's conversations
+    (consent). Raises KeysError for a bad limit or an expiry in the past."""
     rate, tokens = parse_rate(rate_per_min), parse_rate(tokens_per_min)
     expires_at = parse_expires(expires)
     head = INVITE_PREFIX if invite else KEY_PREFIX
@@ -176,9 +184,10 @@ def create_key(store: Store, note: str | None = None, rate_per_min: int | str | 
             with store.transaction() as conn:
                 cur = conn.execute(
                     "INSERT INTO api_keys (prefix, key_sha256, note, rate_per_min, tokens_per_min, expires_at, "
-                    "invite, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "invite, created_at, logging) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (key[:PREFIX_LEN], hash_key(key), note, rate, tokens,
-                     format_time(expires_at) if expires_at else None, int(invite), format_time(utcnow())))
+                     format_time(expires_at) if expires_at else None, int(invite), format_time(utcnow()),
+                     int(logging)))
                 row = conn.execute("SELECT * FROM api_keys WHERE id = ?", (cur.lastrowid,)).fetchone()
             return key, KeyInfo.from_row(row)
         except sqlite3.IntegrityError:
@@ -237,6 +246,11 @@ def authenticate(store: Store, authorization_header: str | None, now: datetime |
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise AuthError(401, "invalid_authorization", "the Authorization header must be 'Bearer KEY'")
+    return authenticate_token(store, token, now)
+
+
+def authenticate_token(store: Store, token: str, now: datetime | None = None) -> KeyInfo:
+    """The key `token` is, if it may be used now (see authenticate)."""
     digest = hash_key(token)
     match = None
     for row in store.execute("SELECT * FROM api_keys WHERE prefix = ?", (token[:PREFIX_LEN],)):

@@ -55,12 +55,14 @@ def _create(store: Store, args: argparse.Namespace) -> int:
     from .keys import create_key
 
     key, info = create_key(store, note=args.note, rate_per_min=args.rate, tokens_per_min=args.tokens,
-                           expires=args.expires, invite=args.invite)
+                           expires=args.expires, invite=args.invite,
+                           logging=not args.no_logging)
     print(f"created {'invitation code' if info.invite else 'API key'} {info.prefix} in {store.path}")
     print(f"  note:     {info.note or '-'}")
     print(f"  requests: {_limit(info.rate_per_min, 'requests')}")
     print(f"  tokens:   {_limit(info.tokens_per_min, 'tokens')}")
     print(f"  expires:  {_when(info.expires_at, 'never')}")
+    print(f"  logging:  {'on' if info.logging else 'off (nothing of its conversations is stored)'}")
     sys.stdout.flush()
     print("the key (shown only now; only its hash is stored):", file=sys.stderr, flush=True)
     print(key)
@@ -133,6 +135,9 @@ def add_keys_parser(verbs) -> argparse.ArgumentParser:
                         help="YYYY-MM-DD (works through that day, UTC) or an ISO datetime (UTC unless it says); "
                              "default: never")
     create.add_argument("--invite", action="store_true", help="make an invitation code (moss-inv-...) instead")
+    create.add_argument("--no-logging", action="store_true",
+                        help="its holder declines logging: the web chat keeps their conversations only in their "
+                             "browser, never in the database (nor their feedback)")
     create.set_defaults(func=cmd_keys_create)
     lst = sub.add_parser("list", help="show the keys (prefix, limits, state), never the keys themselves")
     lst.add_argument("--json", action="store_true", help="print a JSON list")

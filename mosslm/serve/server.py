@@ -30,6 +30,7 @@ class ServerConfig:
     max_tokens_cap: int = 4096         # max_tokens above it: 400
     request_timeout_s: float = 600.0   # wall time per request; then it ends with finish_reason "length"
     retry_after_s: float = 1.0
+    session_days: float = 7.0          # web chat sessions last this long (never past their key's expiry)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Server:
     config: ServerConfig = field(default_factory=ServerConfig)
     store: Any = None                  # the serving database (keys); None: no keys, open server
     open_access: bool = True           # set by `moss serve` from --auth and the listen address
+    moderator: Any = None              # moderation.Moderator; None: no moderation
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(lambda: getattr(getattr(self.base, "generator", None), "engine", None))
@@ -53,19 +55,32 @@ class Server:
 
     def admit(self, authorization: str | None):
         """Raise APIError unless this request may run now; returns the key (None on an open server)."""
-        if self.base is None:
-            raise APIError(503, "the model is still loading", code="model_loading",
-                           retry_after=self.config.retry_after_s * 5)
+        self._check_loaded()
         key = None
         if not self.open_access:
-            from .keys import AuthError, RateLimited, authenticate
+            from .keys import AuthError, authenticate
 
             try:
                 key = authenticate(self.store, authorization)
-                self.limiter.check_request(key)
             except AuthError as e:
                 self.metrics.refusals.labels("auth").inc()
                 raise APIError(e.status, e.message, code=e.code) from None
+        return self.admit_key(key)
+
+    def _check_loaded(self) -> None:
+        if self.base is None:
+            raise APIError(503, "the model is still loading", code="model_loading",
+                           retry_after=self.config.retry_after_s * 5)
+
+    def admit_key(self, key):
+        """Admission for a caller already identified (`key`, or None on an open server):
+        its rate limits, then the engine's queue and the in-flight cap."""
+        self._check_loaded()
+        if key is not None:
+            from .keys import RateLimited
+
+            try:
+                self.limiter.check_request(key)
             except RateLimited as e:
                 self.metrics.refusals.labels("rate_limit").inc()
                 raise APIError(429, f"rate limit reached ({e.limit_name} per minute); retry in "

@@ -54,6 +54,98 @@ MIGRATIONS: list[str] = [
         revoked_at TEXT
     );
     """,
+    # 2: the web chat and the data flywheel. A user is an API key (`api_keys.id`); user 0 is the
+    # one local user of a server without keys (`--auth none`). `logging` = 0: the key's holder
+    # declined logging; their conversations live only in their browser, never here.
+    """
+    ALTER TABLE api_keys ADD COLUMN logging INTEGER NOT NULL DEFAULT 1 CHECK (logging IN (0, 1));
+
+    -- Browser sessions: an invitation code traded for a cookie. Only the token's SHA-256 is kept.
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY,
+        token_sha256 TEXT NOT NULL UNIQUE,
+        key_id INTEGER NOT NULL REFERENCES api_keys(id) ON DELETE CASCADE,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        last_seen_at TEXT
+    );
+
+    CREATE TABLE user_settings (
+        user_id INTEGER PRIMARY KEY,
+        settings TEXT NOT NULL,            -- JSON: plugins, temperature, max_tokens, system_prompt
+        updated_at TEXT NOT NULL
+    );
+
+    CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,               -- "c-" + 24 hex
+        user_id INTEGER NOT NULL,
+        title TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX conversations_by_user ON conversations (user_id, updated_at);
+
+    -- The messages of a conversation form a tree: a regenerated reply is a second child of its
+    -- user message, an edited-and-resent message a second child of the reply before it.
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,               -- "m-" + 24 hex
+        conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        parent_id TEXT REFERENCES messages(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        content TEXT NOT NULL,             -- user: the text as typed; assistant: the reply (so far)
+        status TEXT NOT NULL CHECK (status IN ('complete', 'streaming', 'stopped', 'incomplete', 'blocked', 'error')),
+        plugin INTEGER NOT NULL DEFAULT 0 CHECK (plugin IN (0, 1)),
+        thoughts TEXT,                     -- assistant plugin turn: the MOSS fields as generated
+        commands TEXT,
+        results TEXT,
+        sources TEXT,                      -- JSON [[title, url], ...]: what the reply's citations <|n|> point to
+        protocol_text TEXT,                -- assistant: the exact MOSS text of the turn (user line + reply fields)
+        finish_reason TEXT,
+        model TEXT,
+        params TEXT,                       -- JSON: sampling parameters and plugins of this reply
+        created_at TEXT NOT NULL,
+        finished_at TEXT
+    );
+    CREATE INDEX messages_by_conversation ON messages (conversation_id, created_at);
+    CREATE INDEX messages_by_parent ON messages (parent_id);
+
+    CREATE TABLE plugin_calls (
+        id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,         -- 0, 1, ... in the order the commands were given
+        name TEXT NOT NULL,
+        command TEXT NOT NULL,             -- e.g. Calculate("37*91")
+        result TEXT,                       -- the Results block it produced (NULL: no result)
+        started_at TEXT NOT NULL,
+        duration_ms REAL NOT NULL
+    );
+    CREATE INDEX plugin_calls_by_message ON plugin_calls (message_id);
+
+    -- One rating per reply, changeable; a better answer and a comment are optional.
+    CREATE TABLE feedback (
+        message_id TEXT PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL,
+        rating TEXT CHECK (rating IS NULL OR rating IN ('up', 'down')),
+        better_answer TEXT,
+        comment TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+
+    -- What moderation blocked. No foreign keys: the record outlives a deleted conversation.
+    -- `text` is NULL for users with logging off.
+    CREATE TABLE moderation_events (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL,
+        conversation_id TEXT,
+        message_id TEXT,
+        stage TEXT NOT NULL CHECK (stage IN ('input', 'output')),
+        rule TEXT NOT NULL,                -- e.g. "words:violence" or "classifier:mymod.check"
+        text TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX moderation_by_time ON moderation_events (created_at);
+    """,
 ]
 
 
