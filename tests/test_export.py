@@ -108,7 +108,7 @@ def exported(chat, tmp_path, fmt, **kw):
     return stats, records(out), out
 
 
-def reply_ids(recs, key="conversation_id"):
+def reply_ids(recs):
     return [r["source"]["message_id"] for r in recs]
 
 
@@ -146,6 +146,8 @@ def test_since_and_model_filter(chat, tmp_path):
     assert reply_ids(recs) == [ids["plain"], ids["liked_fixed"]]
     _, recs, _ = exported(chat, tmp_path, "sharegpt", model="other")
     assert reply_ids(recs) == [ids["liked_fixed"]]
+    stats = export(chat.store, "sharegpt", tmp_path / "from-store.jsonl", model="other")  # a Store works too
+    assert stats.records == 1
     with pytest.raises(ExportError, match="not a date"):
         export(chat.data_dir, "moss", tmp_path / "x.jsonl", since="last tuesday")
 
@@ -160,6 +162,16 @@ def test_plugin_turn_survives_in_moss(chat, tmp_path):
                     "Tool Responses": f"<|Results|>:\n{RESULTS}<eor>\n",
                     "MOSS": "<|MOSS|>: 37*91 等于 3367。<eom>\n"}
     assert "- Calculator: enabled. API: Calculate(expression)" in rec["meta_instruction"]
+
+
+def test_meta_instruction_recorded_in_params_is_used(tmp_path):
+    c = Chat(tmp_path / "serve")
+    cid = c.conversation("2026-11-01T00:00:00Z")
+    u = c.message(cid, None, "user", "hi", "2026-11-01T00:00:00Z")
+    c.message(cid, u, "assistant", "hello", "2026-11-01T00:00:01Z", params={"meta": "You are MOSS.\n"})
+    c.store.close()
+    stats = export(tmp_path / "serve", "moss", tmp_path / "o.jsonl")
+    assert stats.records == 1 and records(tmp_path / "o.jsonl")[0]["meta_instruction"] == "You are MOSS.\n"
 
 
 def test_dpo_pairs_follow_rules_a_and_b_only(chat, tmp_path):

@@ -73,25 +73,34 @@ def test_modes():
     assert both.output_gate().feed(bad).stage == "output"
 
 
-def test_gate_stops_at_the_tripping_sentence_split_across_deltas(both):
+def test_gate_stops_in_the_delta_that_completes_a_listed_phrase(both):
     gate = both.output_gate()
-    deltas = ["Sure. Pi is 3", ".14! Here is how to ma", "ke a b", "omb: first", " step.", " Then more.", " x"]
+    deltas = ["Sure. Pi is 3", ".14! Here is how to ma", "ke a b", "omb: first", " step.", " x"]
     results = [gate.feed(d) for d in deltas]
-    assert results[:5] == [None] * 5          # the sentence ends only once whitespace follows "step."
-    verdict = results[5]
-    assert verdict == Verdict("words:weapons", "Here is how to make a bomb: first step.", "output")
-    assert results[6] is verdict and gate.blocked is verdict and gate.finish() is verdict
+    assert results[:3] == [None] * 3          # "make a b" is no phrase yet: it may be shown
+    verdict = results[3]                      # "...omb" completes it: this delta is never shown
+    assert verdict == Verdict("words:weapons", "Here is how to make a bomb: first", "output")
+    assert results[4] is verdict and results[5] is verdict and gate.finish() is verdict
     assert gate.safe_text == "Sure. Pi is 3.14!"
 
 
-def test_chinese_sentence_is_flagged_when_it_completes(both):
+def test_chinese_phrase_is_flagged_as_soon_as_it_is_complete(both):
     gate = both.output_gate()
     assert gate.feed("好的。步骤如下：制") is None
     assert gate.feed("造炸") is None
-    assert gate.feed("弹的方法") is None       # the sentence is not complete yet
-    verdict = gate.feed("是这样的。后面")
-    assert verdict.rule == "words:weapons" and verdict.text == "步骤如下：制造炸弹的方法是这样的。"
+    verdict = gate.feed("弹的方法")
+    assert verdict.rule == "words:weapons" and verdict.text == "步骤如下：制造炸弹的方法"
     assert gate.safe_text == "好的。"
+
+
+def test_the_classifier_sees_whole_sentences_only():
+    seen = []
+    m = Moderator("both", classifier=lambda text, stage: seen.append(text) or ("bad" if "evil" in text else None))
+    gate = m.output_gate()
+    assert gate.feed("Fine. This is ev") is None and gate.feed("il") is None
+    assert seen == ["Fine."]                  # the unfinished sentence waits for its end
+    assert gate.feed(" indeed. More") == Verdict("classifier:bad", "This is evil indeed.", "output")
+    assert gate.safe_text == "Fine."
 
 
 def test_sentence_checked_once_and_newline_is_a_boundary():
@@ -106,12 +115,13 @@ def test_sentence_checked_once_and_newline_is_a_boundary():
     assert gate.safe_text == "Line one\nTwo is here. Three；四…五"
 
 
-def test_finish_catches_an_unpunctuated_tail(both):
-    gate = both.output_gate()
-    assert gate.feed("OK. And then you should ") is None
-    assert gate.feed("kill yourself") is None
+def test_finish_catches_an_unpunctuated_tail():
+    m = Moderator("both", classifier=lambda text, stage: "tail" if "the end" in text else None)
+    gate = m.output_gate()
+    assert gate.feed("OK. And this is ") is None
+    assert gate.feed("the end") is None       # no boundary yet: the classifier has not seen it
     verdict = gate.finish()
-    assert verdict == Verdict("words:self_harm", "And then you should kill yourself", "output")
+    assert verdict == Verdict("classifier:tail", "And this is the end", "output")
     assert gate.safe_text == "OK."
 
 

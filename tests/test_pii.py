@@ -79,3 +79,14 @@ def test_masking_is_idempotent_and_keeps_protocol_text():
     once = masked(text)
     assert once == '<|Results|>:\nSearch("联系 <PHONE>") =>\n<|1|>: "mail <EMAIL>"\n<eor>'
     assert masked(once) == once
+
+
+def test_masker_counts_until_taken():
+    from mosslm.data.pii import Masker
+
+    m = Masker()
+    assert m("mail a@b.com") == "mail <EMAIL>" and m("mail a@b.com") == "mail <EMAIL>"
+    assert m.take() == {"EMAIL": 2} and m.take() == {}
+    assert Masker(kinds=["IP"])("a@b.com 10.0.0.1") == "a@b.com <IP>"
+    with pytest.raises(ValueError):
+        Masker(kinds=["NAME"])

@@ -35,6 +35,7 @@ import ipaddress
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 
 EMAIL, PHONE, ID_CARD, IP = "EMAIL", "PHONE", "ID_CARD", "IP"
 ALL: tuple[str, ...] = (EMAIL, ID_CARD, PHONE, IP)  # also the order of masking, see `mask_pii`
@@ -91,7 +92,7 @@ def _ipv6(m: re.Match) -> bool:
     return "::" not in text or len(groups) >= 2
 
 
-_Rule = tuple[str, re.Pattern, "Callable[[re.Match], bool] | None"]
+_Rule = tuple[str, re.Pattern, Callable[[re.Match], bool] | None]
 _RULES: tuple[_Rule, ...] = (
     (EMAIL, _EMAIL_RE, None),
     (ID_CARD, _ID_RE, lambda m: id_card_valid(m.group(0))),  # before phones: an ID holds mobile-like digits
@@ -127,3 +128,24 @@ def mask_pii(text: str, kinds: Iterable[str] = ALL) -> tuple[str, Counter]:
         text = pattern.sub(replace, text)
     return text, counts
 
+
+class Masker:
+    """`mask_pii` for a stream of texts: caches repeated texts (a conversation's early
+    messages recur in every record of its branches) and keeps counts until `take()`,
+    so a pipeline can count only the masks of what it really writes."""
+
+    def __init__(self, kinds: Iterable[str] = ALL, cache_size: int = 8192):
+        kinds = tuple(kinds)
+        mask_pii("", kinds)  # reject unknown kinds now
+        self.counts: Counter = Counter()
+        self._mask = lru_cache(maxsize=cache_size)(lambda text: mask_pii(text, kinds))
+
+    def __call__(self, text: str) -> str:
+        masked, found = self._mask(text)
+        self.counts.update(found)
+        return masked
+
+    def take(self) -> Counter:
+        """The counts since the last `take()`, and start again from zero."""
+        counts, self.counts = self.counts, Counter()
+        return counts

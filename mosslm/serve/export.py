@@ -1,39 +1,35 @@
 """The data flywheel: training data from the web chat's tables (`moss data export`).
 
-The web chat stores every reply in a message tree (docs/web-api.md): a
-regenerated reply is a second assistant child of its user message, an edited
-message a second user child of the reply before it. Users rate replies and may
-write a better answer. This module turns that into training files that pass
-`moss data check`.
+The web chat keeps each conversation as a message tree (docs/web-api.md): a
+regenerated reply is a second assistant child of its user message. Users rate
+replies and may write a better answer. Every record written here passes
+`moss data check` (each is validated with its readers first); the file is
+written atomically.
 
-SFT formats (`moss`, `sharegpt`, `openai`): one record per exported reply: the
-path from the root to that reply, written by `protocol`'s writers. Earlier
-assistant turns on the path keep their own text, or their better answer when
-they have one. Which replies (`rating`):
-- `up`: liked replies, and every reply with a better answer (a human wrote it);
-- `down`: the better answers of disliked replies only;
-- `any`: every reply that is not disliked without a correction.
-A better answer replaces the reply text (a plugin turn keeps its thoughts,
-commands and results). A reply counts only when `complete`, or `stopped` /
-`incomplete` with a better answer; a path through a blocked, failed or
-unfinished reply, or through a message moderation recorded, is skipped.
+SFT (`moss`, `sharegpt`, `openai`, by `protocol`'s writers): one record per
+exported reply, the path from the root to it; earlier replies on the path
+keep their text, or their better answer when they have one. `rating`:
+`up` = liked replies and every reply with a better answer (a human wrote it);
+`down` = the better answers of disliked replies only; `any` = every reply but
+the disliked ones without a correction. A better answer replaces only the
+reply text (a plugin turn keeps thoughts, commands, results). A reply counts
+when `complete`, or `stopped`/`incomplete` with a better answer; a path
+through a blocked or failed reply, or a message moderation recorded, is skipped.
 
-`dpo`: one pair per line, `{"prompt", "chosen", "rejected", "source"}` (see
-mosslm/data/preferences.py). Exactly two rules make pairs:
-- (a) `better_answer`: a disliked reply's better answer (chosen) against that reply (rejected);
-- (b) `rated_siblings`: a liked reply (its better answer if it has one) against a
-  disliked sibling, i.e. two assistant children of one user message rated up and down.
-Nothing else is a pair: in particular a better answer on a liked reply is not
-(the user liked both). The rejected reply may be `complete`, `stopped` or
-`incomplete` (the user saw and disliked it); siblings shown under different
-settings (meta instructions) make no pair. `rating` does not apply to dpo.
+DPO (`dpo`, see mosslm/data/preferences.py for the record): exactly two rules:
+(a) `better_answer`: a disliked reply's better answer (chosen) against that
+    reply (rejected);
+(b) `rated_siblings`: a liked reply (its better answer if any) against a
+    disliked sibling: two assistant children of one user message rated up/down.
+Nothing else is a pair; a better answer on a liked reply is not (the user
+liked both). The rejected reply may be `complete`, `stopped` or `incomplete`
+(the user saw and disliked it); siblings made under different settings (meta
+instructions) are no pair; `rating` does not apply.
 
-Every text (user, replies, thoughts, commands, results, meta) is PII-masked by
-default (`mosslm.data.pii`); user-written text (messages, better answers) is
-escaped as the chat escapes it. `since` keeps replies created at or after it
-(a pair: its newest reply); `model` keeps replies of that model (a pair: both).
-Each record is validated with the readers of `moss data check` before it is
-written; the file is written atomically.
+Every text (user, reply, thoughts, commands, results, meta) is PII-masked by
+default (`mosslm.data.pii`); user-written text is escaped as the chat escapes
+it. `since` keeps replies created at or after it (a pair: its newest reply),
+`model` those of that model (a pair: both).
 """
 
 from __future__ import annotations
@@ -44,12 +40,11 @@ import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
 from .. import protocol
-from ..data.pii import mask_pii
+from ..data.pii import Masker
 from ..data.preferences import read_preference
 from ..paths import atomic_file
 from ..protocol import Conversation, ProtocolError, Turn
@@ -179,9 +174,11 @@ def _maybe_time(text: str | None) -> datetime | None:
 
 
 def _meta(params: dict) -> str:
-    """The meta instruction of a reply, from what its params recorded (the moss preset otherwise)."""
-    if isinstance(params.get("meta_instruction"), str):
-        return params["meta_instruction"]
+    """The meta instruction of a reply: the exact one its params recorded (`meta`), else rebuilt from
+    its system prompt and plugins, else the moss preset's."""
+    for key in ("meta", "meta_instruction"):
+        if isinstance(params.get(key), str) and params[key]:
+            return params[key]
     names = {n.lower(): n for n in protocol.PLUGINS}
     plugins = [names[p.lower()] for p in params.get("plugins") or [] if isinstance(p, str) and p.lower() in names]
     if isinstance(params.get("system_prompt"), str) and params["system_prompt"].strip():
@@ -191,25 +188,18 @@ def _meta(params: dict) -> str:
     return protocol.meta_instruction(preset, plugins)
 
 
-class _Cleaner:
-    """Masks (optionally) and escapes texts, counting masks per record (added to stats only when written)."""
+class _Cleaner(Masker):
+    """Masks (unless off) and, for user-written text, escapes; counts wait in `take()` until a record is written."""
 
     def __init__(self, mask: bool):
+        super().__init__()
         self.mask = mask
-        self.counts: Counter = Counter()
-        self._masked = lru_cache(maxsize=8192)(mask_pii)
 
     def __call__(self, text: str | None, user: bool = False) -> str | None:
         if text is None:
             return None
-        if self.mask:
-            text, found = self._masked(text)
-            self.counts.update(found)
+        text = super().__call__(text) if self.mask else text
         return protocol.escape(text) if user else text
-
-    def take(self) -> Counter:
-        counts, self.counts = self.counts, Counter()
-        return counts
 
 
 def _turn(human: str, reply: _Msg, clean: _Cleaner, better: bool) -> Turn:

@@ -208,12 +208,9 @@ class Moderator:
         """Words, then the classifier, whatever the mode (the mode decides when this is called)."""
         if not text or not text.strip():
             return None
-        if self._regex is not None:
-            norm = normalise(text)
-            m = self._regex.search(norm)
-            if m:
-                category = next((c for c, r in self._categories if r.match(norm, m.start())), "?")
-                return Verdict(f"words:{category}", text, stage)
+        verdict = self.check_words(text, stage)
+        if verdict is not None:
+            return verdict
         if self.classifier is not None:
             try:
                 result = self.classifier(text, stage)
@@ -228,6 +225,17 @@ class Moderator:
                 rule = result if isinstance(result, str) else self.classifier_name
                 return Verdict(f"classifier:{rule}", text, stage)
         return None
+
+    def check_words(self, text: str, stage: str) -> Verdict | None:
+        """The word lists only: cheap enough to run on every streamed delta."""
+        if self._regex is None or not text:
+            return None
+        norm = normalise(text)
+        m = self._regex.search(norm)
+        if not m:
+            return None
+        category = next((c for c, r in self._categories if r.match(norm, m.start())), "?")
+        return Verdict(f"words:{category}", text, stage)
 
     def check_input(self, text: str) -> Verdict | None:
         return None if self.mode == "off" else self.check(text, "input")
@@ -286,6 +294,14 @@ class OutputGate:
             if self._check(sentence):
                 break
         self._tail = self._tail[cut:]
+        if self.blocked is None and self._tail:
+            # The unfinished sentence is checked against the word lists too, so a listed phrase is
+            # caught in the delta that completes it, before that delta is shown to anyone. (The
+            # classifier, which may be slow, sees whole sentences only.)
+            verdict = self._moderator.check_words(self._tail, "output")
+            if verdict is not None:
+                self.blocked = Verdict(verdict.rule, self._tail.strip(), "output")
+                self._safe = "".join(self._done)
         return self.blocked
 
     def finish(self) -> Verdict | None:

@@ -136,9 +136,9 @@ function renderConversations() {
       'aria-current': current ? 'page' : null, text: title,
     });
     open.addEventListener('click', () => openConversation(conv.id));
-    const rename = el('button', { type: 'button', class: 'icon tiny', 'aria-label': `${t('rename')}: ${title}`, title: t('rename'), text: '✎' });
+    const rename = el('button', { type: 'button', class: 'icon tiny', 'aria-label': `${t('rename')}: ${title}`, title: t('rename'), 'data-icon': '✎' });
     rename.addEventListener('click', () => startRename(item, conv));
-    const remove = el('button', { type: 'button', class: 'icon tiny', 'aria-label': `${t('delete')}: ${title}`, title: t('delete'), text: '🗑' });
+    const remove = el('button', { type: 'button', class: 'icon tiny', 'aria-label': `${t('delete')}: ${title}`, title: t('delete'), 'data-svg': 'trash' });
     remove.addEventListener('click', () => deleteConversation(conv));
     const item = el('li', { class: 'conv' + (current ? ' current' : '') }, open, el('span', { class: 'conv-tools' }, rename, remove));
     list.append(item);
@@ -295,8 +295,8 @@ function branchSwitcher(message) {
   if (siblings.length < 2) return null;
   const index = siblings.indexOf(String(message.id));
   const busy = !!state.stream;
-  const prev = el('button', { type: 'button', class: 'icon tiny', testid: 'branch-prev', 'aria-label': t('branch_prev'), title: t('branch_prev'), text: '‹', disabled: busy || index <= 0 });
-  const next = el('button', { type: 'button', class: 'icon tiny', testid: 'branch-next', 'aria-label': t('branch_next'), title: t('branch_next'), text: '›', disabled: busy || index >= siblings.length - 1 });
+  const prev = el('button', { type: 'button', class: 'icon tiny', testid: 'branch-prev', 'aria-label': t('branch_prev'), title: t('branch_prev'), 'data-icon': '‹', disabled: busy || index <= 0 });
+  const next = el('button', { type: 'button', class: 'icon tiny', testid: 'branch-next', 'aria-label': t('branch_next'), title: t('branch_next'), 'data-icon': '›', disabled: busy || index >= siblings.length - 1 });
   prev.addEventListener('click', () => { state.chosen.set(key, siblings[index - 1]); state.feedbackOpen = null; renderMessages(); });
   next.addEventListener('click', () => { state.chosen.set(key, siblings[index + 1]); state.feedbackOpen = null; renderMessages(); });
   return el('span', { class: 'branches', role: 'group', 'aria-label': t('branch') },
@@ -330,7 +330,7 @@ function userNode(message, isLast) {
   const switcher = branchSwitcher(message);
   if (switcher) tools.append(switcher);
   if (isLast && !state.stream && !message._local) {
-    const edit = el('button', { type: 'button', class: 'icon tiny', testid: 'edit-last', 'aria-label': t('edit_label'), title: t('edit_label'), text: '✎' });
+    const edit = el('button', { type: 'button', class: 'icon tiny', testid: 'edit-last', 'aria-label': t('edit_label'), title: t('edit_label'), 'data-icon': '✎' });
     edit.addEventListener('click', () => { state.editing = String(message.id); state.feedbackOpen = null; renderMessages(); });
     tools.append(edit);
   }
@@ -398,19 +398,19 @@ function actionsOf(message) {
   const busy = !!state.stream;
   const blocked = message.status === 'blocked' || !!message._blocked;
   if (!blocked) {
-    const copy = el('button', { type: 'button', class: 'icon tiny', 'aria-label': t('copy'), title: t('copy'), text: '⧉' });
+    const copy = el('button', { type: 'button', class: 'icon tiny', 'aria-label': t('copy'), title: t('copy'), 'data-svg': 'copy' });
     copy.addEventListener('click', () => copyText(message.content || '', copy));
     bar.append(copy);
   }
   if (message.parent_id !== null && message.parent_id !== undefined && !message._local) {
-    const regen = el('button', { type: 'button', class: 'icon tiny', testid: 'regenerate', 'aria-label': t('regenerate'), title: t('regenerate'), text: '↻', disabled: busy });
+    const regen = el('button', { type: 'button', class: 'icon tiny', testid: 'regenerate', 'aria-label': t('regenerate'), title: t('regenerate'), 'data-icon': '↻', disabled: busy });
     regen.addEventListener('click', () => regenerate(message.parent_id));
     bar.append(regen);
   }
   if (!message._local && !blocked) {
     const rating = message.feedback ? message.feedback.rating : null;
-    const up = el('button', { type: 'button', class: 'icon tiny thumb' + (rating === 'up' ? ' chosen' : ''), testid: 'thumb-up', 'aria-label': t('thumb_up'), title: t('thumb_up'), 'aria-pressed': rating === 'up' ? 'true' : 'false', text: '👍' });
-    const down = el('button', { type: 'button', class: 'icon tiny thumb' + (rating === 'down' ? ' chosen' : ''), testid: 'thumb-down', 'aria-label': t('thumb_down'), title: t('thumb_down'), 'aria-pressed': rating === 'down' ? 'true' : 'false', 'aria-expanded': state.feedbackOpen === id ? 'true' : 'false', text: '👎' });
+    const up = el('button', { type: 'button', class: 'icon tiny thumb' + (rating === 'up' ? ' chosen' : ''), testid: 'thumb-up', 'aria-label': t('thumb_up'), title: t('thumb_up'), 'aria-pressed': rating === 'up' ? 'true' : 'false', 'data-svg': 'up' });
+    const down = el('button', { type: 'button', class: 'icon tiny thumb' + (rating === 'down' ? ' chosen' : ''), testid: 'thumb-down', 'aria-label': t('thumb_down'), title: t('thumb_down'), 'aria-pressed': rating === 'down' ? 'true' : 'false', 'aria-expanded': state.feedbackOpen === id ? 'true' : 'false', 'data-svg': 'down' });
     up.addEventListener('click', () => rate(message, rating === 'up' ? null : 'up'));
     down.addEventListener('click', () => { state.feedbackOpen = state.feedbackOpen === id ? null : id; rerenderMessage(id); focusFeedback(id); });
     bar.append(up, down);
@@ -619,7 +619,24 @@ function sendFromComposer() {
 
 function regenerate(userMessageId) {
   if (state.stream) return;
+  const user = state.messages.get(String(userMessageId));
+  if (loggingOff() && user) {
+    // Nothing is stored for this user, so the server cannot regenerate: ask the same again.
+    startChat({ content: user.content, parent_id: user.parent_id ?? null });
+    return;
+  }
   startChat({ regenerate: userMessageId });
+}
+
+// The messages from the first down to `id` (the history a reply to `id`'s child follows).
+function pathTo(id) {
+  const path = [];
+  let message = id === null || id === undefined ? null : state.messages.get(String(id));
+  for (let guard = 0; message && guard < 10000; guard++) {
+    path.unshift(message);
+    message = message.parent_id === null || message.parent_id === undefined ? null : state.messages.get(String(message.parent_id));
+  }
+  return path;
 }
 
 function localId(prefix) {
@@ -643,7 +660,7 @@ async function startChat(request, { fromComposer = false } = {}) {
   }
   if (loggingOff()) {
     body.settings = state.settings;
-    body.history = historyOf(currentPath().filter((m) => !m._local));
+    body.history = historyOf(pathTo(body.parent_id).filter((m) => !m._local));
   }
 
   // What shows at once: the user's message and an empty reply (replaced at `start`).
@@ -881,7 +898,8 @@ function closeSidebar() {
 function autogrow() {
   const area = $('composer');
   area.style.height = 'auto';
-  area.style.height = `${Math.min(area.scrollHeight, Math.round(window.innerHeight * 0.4))}px`;
+  const borders = area.offsetHeight - area.clientHeight;
+  area.style.height = `${Math.min(area.scrollHeight + borders, Math.round(window.innerHeight * 0.4))}px`;
 }
 
 // ---------------------------------------------------------------- wiring and start

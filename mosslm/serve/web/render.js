@@ -35,12 +35,12 @@ export function stepSummary(plugin, t, running) {
     const name = call.name || '';
     let command = String(call.command ?? '').trim();
     if (name && !command.startsWith(name + '(')) command = `${name}(${JSON.stringify(command)})`;
-    const result = call.result === null || call.result === undefined || call.result === '' ? null : oneLine(call.result, 60);
+    const result = call.result === null || call.result === undefined || call.result === '' ? null : oneLine(resultValue(call.result), 60);
     parts.push(result === null ? oneLine(command, 80) : `${oneLine(command, 80)} → ${result}`);
   }
   if (!parts.length && plugin && plugin.commands && String(plugin.commands).trim() && String(plugin.commands).trim() !== 'None') {
     const command = oneLine(plugin.commands, 80);
-    const result = plugin.results && String(plugin.results).trim() ? oneLine(plugin.results, 60) : null;
+    const result = plugin.results && String(plugin.results).trim() ? oneLine(resultValue(plugin.results), 60) : null;
     parts.push(result ? `${command} → ${result}` : command);
   }
   const finished = calls.some((c) => c.result !== null && c.result !== undefined && c.result !== '') ||
@@ -52,6 +52,15 @@ export function stepSummary(plugin, t, running) {
     return { text: parts.length ? `${label} ${parts.join('; ')}` : label, running: true };
   }
   return { text: parts.join('; ') || t('step_done'), running: false };
+}
+
+// A Results block reads `Calculate("37*91") => '3367'`: the summary shows just 3367.
+function resultValue(result) {
+  let text = String(result).trim();
+  const arrow = text.indexOf('=>');
+  if (arrow >= 0) text = text.slice(arrow + 2).trim();
+  const m = /^'([\s\S]*)'$/.exec(text) || /^"([\s\S]*)"$/.exec(text);
+  return m ? m[1] : text;
 }
 
 function commandName(commands) {
@@ -72,7 +81,7 @@ export function pluginStep(plugin, t, running, open) {
   const details = el('details', { class: 'plugin-step' + (summary.running ? ' running' : ''), testid: 'plugin-step' });
   if (open) details.open = true;
   details.append(el('summary', {},
-    el('span', { class: 'step-icon', 'aria-hidden': 'true', text: summary.running ? '' : '🔧' }),
+    el('span', { class: 'step-icon', 'aria-hidden': 'true', text: summary.running ? '' : '⚙' }),
     el('span', { class: 'step-summary', text: summary.text })));
   const body = el('div', { class: 'step-body' });
   const calls = Array.isArray(plugin.calls) ? plugin.calls : [];
@@ -112,7 +121,7 @@ export function setReplyHtml(body, html, t, onCopy) {
   for (const a of body.querySelectorAll('sup.cite a')) a.dataset.testid = 'citation';
   for (const pre of body.querySelectorAll('pre')) {
     pre.classList.add('has-copy');
-    const button = el('button', { type: 'button', class: 'code-copy', 'aria-label': t('copy_code'), title: t('copy_code') });
+    const button = el('button', { type: 'button', class: 'code-copy', 'data-svg': 'copy', 'aria-label': t('copy_code'), title: t('copy_code') });
     button.addEventListener('click', () => onCopy((pre.querySelector('code') || pre).textContent, button));
     pre.append(button);
   }
