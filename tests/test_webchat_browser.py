@@ -388,3 +388,61 @@ def test_regenerate_and_branches(logged_in, chat):
     assert q(driver, "send").text == "Send"
     q(driver, "lang-toggle").click()
     assert wait_for(lambda: q(driver, "send").text == "发送", 5)
+
+
+FAKE_BUSY_JS = """
+const real = window.fetch;
+window.fetch = (url, init) => {
+  if (url !== '/api/chat' || window.__busyOnce) return real(url, init);
+  window.__busyOnce = true;
+  const body = JSON.stringify({error: {message: 'busy', type: 'server_error', param: null, code: 'server_busy'}});
+  return Promise.resolve(new Response(body, {status: 503, headers: {'Retry-After': '7', 'Content-Type': 'application/json'}}));
+};
+"""
+
+
+def test_blocked_busy_and_expired_session(browser, webchat_model_path, tmp_path):
+    """Moderation replaces the reply; a 503 keeps the text and offers retry; an expired session
+    goes back to login and keeps the unsent text."""
+    driver = browser
+    with start_webchat(tmp_path / "serve", webchat_model_path, token_delay=0.02, moderation="both") as served:
+        driver.get(served.url + "/")
+        assert wait_for(lambda: visible(driver, "login-code") or visible(driver, "composer"), 15)
+        if visible(driver, "composer"):  # still logged in to the other server's origin? (different port: no)
+            q(driver, "logout").click()
+        login(driver, served.invite)
+
+        # moderation: the story's second sentence holds the test word; no partial text stays
+        send(driver, STORY_Q)
+        r = wait_done(driver, 30)
+        assert r["status"] == "blocked", r
+        assert "MOSSLM-MODERATION-TEST" not in r["text"] and "审核" in r["text"], r
+        assert "审核" in q(driver, "notice").text
+
+        # 503 with Retry-After: a calm notice with the wait, the text back in the input, retry works
+        q(driver, "new-chat").click()
+        driver.execute_script(FAKE_BUSY_JS)
+        send(driver, CALC_Q)
+        notice = wait_for(lambda: visible(driver, "notice") and q(driver, "notice").text, 5)
+        assert notice and ("7" in notice or "6" in notice) and "秒" in notice, notice
+        assert q(driver, "composer").get_attribute("value") == CALC_Q
+        assert not qs(driver, "message-user")
+        q(driver, "retry").click()
+        r = wait_done(driver, 30)
+        assert r["status"] == "complete" and "7006652" in r["text"], r
+        assert q(driver, "composer").get_attribute("value") == ""
+
+        # the session ends on the server: back to login, the unsent text kept
+        db = served.store.conn()
+        db.execute("DELETE FROM sessions")
+        db.commit()
+        send(driver, "还没发出去的话")
+        assert wait_for(lambda: visible(driver, "login-code"), 10), "an expired session did not lead to login"
+        assert "登录" in q(driver, "login-error").text
+        login(driver, served.invite)
+        assert q(driver, "composer").get_attribute("value") == "还没发出去的话"
+
+
+@pytest.fixture
+def webchat_model_path(request):
+    return Path(os.environ.get("MOSSLM_WEBCHAT_MODEL") or request.getfixturevalue("webchat_model"))
