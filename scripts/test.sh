@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/install_browser.sh  # chromium for the web chat tests (skipped where it cannot be installed)
 exec .venv/bin/python -m pytest -q "$@"

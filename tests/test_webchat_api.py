@@ -369,3 +369,22 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged(webchat_model, tmp_path):
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_the_openai_api_is_moderated_too(generator, tmp_path):
+    import openai
+
+    with start_webchat(tmp_path, generator=generator, moderation="both", auth="none") as chat:
+        api = openai.OpenAI(base_url=chat.url + "/v1", api_key="x", max_retries=0, timeout=60)
+        blocked = api.chat.completions.create(model="webchat-model", messages=[{"role": "user", "content": "违禁测试词"}])
+        assert blocked.choices[0].finish_reason == "content_filter" and blocked.usage.completion_tokens == 0
+        story = api.chat.completions.create(model="webchat-model", messages=[{"role": "user", "content": STORY_Q}])
+        assert story.choices[0].finish_reason == "content_filter"
+        assert story.choices[0].message.content == "Once there was a small model."
+        parts = api.chat.completions.create(model="webchat-model", stream=True,
+                                            messages=[{"role": "user", "content": STORY_Q}])
+        chunks = list(parts)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert "MOSSLM-MODERATION-TEST" not in text and chunks[-1].choices[0].finish_reason == "content_filter"
+        stages = [r["stage"] for r in rows(chat.store, "SELECT stage FROM moderation_events ORDER BY id")]
+        assert stages == ["input", "output", "output"]

@@ -115,8 +115,9 @@ def create_app(server: Server) -> FastAPI:
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         server.check_model(body.model)
         key = server.admit(request.headers.get("authorization"))
-        return await _answer(key, body.stream, lambda box: server.chat_stream(body, box),
-                             lambda box: server.chat(body, box))
+        user = key.id if key is not None else 0
+        return await _answer(key, body.stream, lambda box: server.chat_stream(body, box, user),
+                             lambda box: server.chat(body, box, user))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):

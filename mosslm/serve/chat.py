@@ -188,5 +188,26 @@ def delta_for(event, thoughts: ThoughtsStream) -> dict | None:
     return None
 
 
+def blocked_response(model: str, n: int = 1) -> dict:
+    """The answer to a request moderation blocked: no generation, finish_reason content_filter."""
+    from .moderation import block_message
+
+    return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": model,
+            "choices": [{"index": i, "message": {"role": "assistant", "content": block_message("en")},
+                         "logprobs": None, "finish_reason": "content_filter"} for i in range(n)],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+
+
+async def blocked_chunks(model: str, n: int = 1):
+    from .moderation import block_message
+
+    cid, created = new_id("chatcmpl"), now()
+    for i in range(n):
+        yield chunk(cid, created, model, [{"index": i, "delta": {"role": "assistant", "content": block_message("en")},
+                                           "logprobs": None, "finish_reason": None}])
+        yield chunk(cid, created, model, [{"index": i, "delta": {}, "logprobs": None, "finish_reason": "content_filter"}])
+    yield "data: [DONE]\n\n"
+
+
 def now() -> int:
     return int(time.time())

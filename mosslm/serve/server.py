@@ -159,7 +159,29 @@ class Server:
         for run in runs:
             self.metrics.observe_tokens(None if run.first_at is None else run.first_at - started, run.times)
 
-    async def chat(self, req: ChatCompletionRequest, box: dict | None = None) -> dict:
+    def moderate_input(self, req: ChatCompletionRequest, user_id: int = 0):
+        """The moderation verdict on the request's last user message (None: allowed); a block is recorded."""
+        if self.moderator is None:
+            return None
+        users = [m for m in req.messages if m.role == "user"]
+        content = users[-1].content if users else None
+        text = content if isinstance(content, str) else " ".join(
+            p.get("text", "") for p in content or [] if isinstance(p, dict) and isinstance(p.get("text"), str))
+        verdict = self.moderator.check_input(text)
+        if verdict is not None:
+            self.record_block(verdict, user_id)
+        return verdict
+
+    def record_block(self, verdict, user_id: int = 0) -> None:
+        self.metrics.refusals.labels("moderation").inc()
+        if self.store is not None:
+            from .conversations import record_moderation
+
+            record_moderation(self.store, user_id, verdict.stage, verdict.rule, verdict.text)
+
+    async def chat(self, req: ChatCompletionRequest, box: dict | None = None, user_id: int = 0) -> dict:
+        if self.moderate_input(req, user_id) is not None:
+            return chat_api.blocked_response(self.model_name, req.n)
         prepared = chat_api.prepare(self, req)
         runs, stop, started = self._runs(prepared), threading.Event(), time.monotonic()
         events: list[list] = [[] for _ in prepared]
@@ -170,6 +192,11 @@ class Server:
         choices = []
         for (agent, conv, plugins), run, evs in zip(prepared, runs, events):
             message, finish = chat_api.message_of(agent, conv.turns[-1], evs, plugins, len(conv.turns))
+            if self.moderator is not None and isinstance(message.get("content"), str):
+                gate = self.moderator.output_gate()
+                if gate.feed(message["content"]) or gate.finish():
+                    self.record_block(gate.blocked, user_id)
+                    message["content"], finish = gate.safe_text, "content_filter"
             choice = {"index": run.index, "message": message, "logprobs": None,
                       "finish_reason": "length" if run.timed_out else finish}
             if req.logprobs:
@@ -181,15 +208,18 @@ class Server:
         return {"id": chat_api.new_id("chatcmpl"), "object": "chat.completion", "created": chat_api.now(),
                 "model": self.model_name, "choices": choices, "usage": usage}
 
-    async def chat_stream(self, req: ChatCompletionRequest, box: dict | None = None):
+    async def chat_stream(self, req: ChatCompletionRequest, box: dict | None = None, user_id: int = 0):
         """Validate now (errors before the first byte), then return the SSE body's async iterator."""
+        if self.moderate_input(req, user_id) is not None:
+            return chat_api.blocked_chunks(self.model_name, req.n)
         prepared = chat_api.prepare(self, req)
-        return self._chat_chunks(req, prepared, box)
+        return self._chat_chunks(req, prepared, box, user_id)
 
-    async def _chat_chunks(self, req, prepared, box):
+    async def _chat_chunks(self, req, prepared, box, user_id: int = 0):
         cid, created, model = chat_api.new_id("chatcmpl"), chat_api.now(), self.model_name
         runs, stop, started = self._runs(prepared), threading.Event(), time.monotonic()
         thoughts = [chat_api.ThoughtsStream() for _ in prepared]
+        gates = [self.moderator.output_gate() if self.moderator is not None else None for _ in prepared]
         for i in range(len(prepared)):
             yield chat_api.chunk(cid, created, model, [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                         "logprobs": None, "finish_reason": None}])
@@ -204,6 +234,11 @@ class Server:
                         yield chat_api.chunk(cid, created, model, [{"index": index, "delta": {"tool_calls": [part]},
                                                                     "logprobs": None, "finish_reason": None}])
                 continue
+            gate = gates[index]
+            if gate is not None and (gate.blocked or (event.kind == "text" and gate.feed(event.text))):
+                if len(prepared) == 1:
+                    stop.set()  # the run stops at its next token
+                continue  # nothing more of this choice is sent
             delta = chat_api.delta_for(event, thoughts[index])
             if delta is not None:
                 yield chat_api.chunk(cid, created, model, [{"index": index, "delta": delta, "logprobs": None,
@@ -217,6 +252,10 @@ class Server:
                 continue
             called = conv.turns[-1].reply is None and conv.turns[-1].commands is not None
             finish = "length" if run.timed_out else ("tool_calls" if called else agent.last_finish_reason)
+            gate = gates[run.index]
+            if gate is not None and not called and (gate.blocked or gate.finish()):
+                self.record_block(gate.blocked, user_id)
+                finish = "content_filter"
             last = {"index": run.index, "delta": {}, "logprobs": None, "finish_reason": finish}
             if req.logprobs:
                 last["logprobs"] = chat_api.logprobs_content(self.base.generator.loaded.tokenizer, agent.last_logprobs,

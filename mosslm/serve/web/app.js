@@ -815,11 +815,9 @@ function requestStop() {
     stream.sentStop = true;
     api.stop(stream.messageId).catch(() => { /* the abort below ends it anyway */ });
   }
+  // Without a reply id yet, `start` sends the stop; either way the fetch ends within 3 s.
   if (!stream.stopTimer) {
     stream.stopTimer = setTimeout(() => { if (!stream.sawDone) stream.controller.abort(); }, 3000);
-  }
-  if (!stream.started && (stream.messageId === null || stream.messageId === undefined)) {
-    // No reply id yet: wait for `start` (it sends the stop) up to the same 3 s.
   }
 }
 
@@ -842,6 +840,8 @@ function fillSettings() {
   $('set-temperature').value = String(temp);
   $('temperature-out').textContent = Number(temp).toFixed(2);
   $('set-max-tokens').value = Number.isFinite(s.max_tokens) ? String(s.max_tokens) : '';
+  const cap = state.config && state.config.max_tokens_cap;
+  if (Number.isFinite(cap)) $('set-max-tokens').max = String(cap); else $('set-max-tokens').removeAttribute('max');
   $('set-system').value = s.system_prompt || '';
 }
 
