@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mosslm.serve.keys import (AuthError, KeyInfo, KeysError, RateLimited, RateLimiter, any_keys, authenticate,
-                               create_key, find_key, list_keys, parse_expires, parse_rate, revoke)
+                               create_key, find_key, hash_key, list_keys, parse_expires, parse_rate, revoke)
 from mosslm.serve.store import MIGRATIONS, SchemaTooNew, StoreError, default_data_dir, open_db, split_statements
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,9 +167,9 @@ def test_appending_a_migration(tmp_path):
     with open_db(tmp_path) as s:
         key, _ = create_key(s, note="before")
     extra = """
-        -- the web-chat work appends migrations like this one
+        -- a later migration, appended like this one
         CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, note TEXT DEFAULT 'a;b');
-        CREATE TABLE sessions (id INTEGER PRIMARY KEY,
+        CREATE TABLE demo_sessions (id INTEGER PRIMARY KEY,
                                user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE);
         INSERT INTO users (name) VALUES ('root');
     """
@@ -179,7 +179,7 @@ def test_appending_a_migration(tmp_path):
         assert [tuple(r) for r in s.execute("SELECT name, note FROM users")] == [("root", "a;b")]
         assert authenticate(s, bearer(key)).note == "before"  # old data kept
         with pytest.raises(sqlite3.IntegrityError):  # foreign keys are enforced
-            s.execute("INSERT INTO sessions (user_id) VALUES (42)")
+            s.execute("INSERT INTO demo_sessions (user_id) VALUES (42)")
     with open_db(tmp_path, newer) as s:  # applied once: no second 'root', no "already exists"
         assert s.execute("SELECT count(*) FROM users").fetchone()[0] == 1
     with pytest.raises(SchemaTooNew):  # the older code refuses it now
@@ -433,3 +433,14 @@ def test_threads_authenticate_and_charge_at_once(tmp_path):
     with open_db(tmp_path) as again:
         assert authenticate(again, bearer(made[-1])).prefix == made[-1][:12]
     store.close()
+
+
+def test_a_keys_only_database_upgrades_to_the_web_chat_schema(tmp_path):
+    with open_db(tmp_path, MIGRATIONS[:1]) as old:  # as the serving issue shipped it
+        old.execute("INSERT INTO api_keys (prefix, key_sha256, created_at) VALUES (?, ?, '2026-01-01T00:00:00Z')",
+                    ("moss-abcdefg", hash_key("moss-abcdefg" + "x" * 33)))
+    with open_db(tmp_path) as s:
+        assert s.version == len(MIGRATIONS) >= 2
+        key = authenticate(s, bearer("moss-abcdefg" + "x" * 33))
+        assert key.logging is True  # the column's default: logging stays on for existing keys
+        assert s.execute("SELECT count(*) FROM conversations").fetchone()[0] == 0
