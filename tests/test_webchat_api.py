@@ -2,7 +2,6 @@
 
 import json
 import sqlite3
-import threading
 import time
 
 import httpx

@@ -48,3 +48,40 @@ def reply_html(text: str, sources: list[tuple[str, str]] | None = None) -> str:
     rendered = _MARK_RE.sub(cite, rendered)
     return nh3.clean(rendered, tags=TAGS, attributes=ATTRIBUTES, url_schemes={"http", "https", "mailto"},
                      link_rel="noopener noreferrer nofollow")
+
+
+class StreamRenderer:
+    """reply_html for a reply that grows: finished blocks (up to a blank line outside a code
+    fence) are rendered once and kept; only the unfinished tail is rendered again per delta.
+    A whole-reply render (reply_html) at the end settles anything a split block changes."""
+
+    def __init__(self) -> None:
+        self._done_upto, self._done_html = 0, ""
+
+    def render(self, text: str, sources: list[tuple[str, str]] | None = None) -> str:
+        split = _stable_split(text, self._done_upto)
+        if split > self._done_upto:
+            self._done_html += reply_html(text[self._done_upto:split], sources)
+            self._done_upto = split
+        return self._done_html + reply_html(text[self._done_upto:], sources)
+
+
+def _stable_split(text: str, start: int) -> int:
+    """The end of the last blank line after `start` that is not inside a ``` fence."""
+    best, pos = start, start
+    fenced = False
+    for line_end in _line_ends(text, start):
+        line = text[pos:line_end]
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+        elif not fenced and not line.strip() and line_end < len(text):
+            best = line_end + 1
+        pos = line_end + 1
+    return best
+
+
+def _line_ends(text: str, start: int):
+    i = text.find("\n", start)
+    while i != -1:
+        yield i
+        i = text.find("\n", i + 1)

@@ -28,7 +28,7 @@ from .chat import ThoughtsStream
 from .conversations import NotFound, ReplyState, new_id
 from .errors import APIError, bad_request
 from .keys import format_time, utcnow
-from .render import reply_html
+from .render import StreamRenderer, reply_html
 from .runs import Run, client_error, run_all
 from .webchat import ChatBody, HistoryTurn, User, settings_of
 
@@ -230,6 +230,7 @@ async def _events(server, agent, conv, turn, store, user, conversation, user_mes
     admitted = verdict is None
     gate = server.moderator.output_gate() if server.moderator is not None else None
     thoughts = ThoughtsStream()
+    renderer = StreamRenderer()  # re-renders only the unfinished block per delta
 
     def record(v) -> None:
         """Every block is stored; for a user with logging off, without the text or the ids."""
@@ -286,7 +287,7 @@ async def _events(server, agent, conv, turn, store, user, conversation, user_mes
                     if tripped is not None:
                         verdict = tripped
                         break
-                    yield _sse({"type": "delta", "text": event.text, "html": reply_html(state.content, state.sources)})
+                    yield _sse({"type": "delta", "text": event.text, "html": renderer.render(state.content, state.sources)})
                 if time.monotonic() - saved_at >= SAVE_EVERY_S:
                     save()
                     saved_at = time.monotonic()
