@@ -6,7 +6,7 @@ import time
 
 import httpx
 import pytest
-from webchat_fixtures import CALC_Q, CALC_REPLY, CODE_Q, STORY_Q, SlowGenerator, base_agent, start_webchat
+from webchat_fixtures import CALC_Q, CALC_REPLY, CODE_Q, STORY_Q, TOOL_XSS_Q, SlowGenerator, base_agent, start_webchat
 
 from mosslm.agent import ModelGenerator
 from mosslm.model import load
@@ -340,7 +340,7 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged(webchat_model, tmp_path):
         client = login(f"http://127.0.0.1:{port}", code)
         proc.stdout.close()
         client.cookies  # noqa: B018
-        proc_delay_first = events(client, {"content": CODE_Q}, until=lambda e: e["type"] == "done")
+        proc_delay_first = events(client, {"content": TOOL_XSS_Q}, until=lambda e: e["type"] == "done")
         liked = done(proc_delay_first)
         assert client.put(f"/api/messages/{liked['id']}/feedback", json={"rating": "up", "comment": "好"}).status_code == 200
         cid = proc_delay_first[0]["conversation"]["id"]

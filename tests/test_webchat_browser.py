@@ -34,7 +34,7 @@ if not CHROMIUM or not CHROMEDRIVER:
     pytest.skip("the browser test needs chromium and chromedriver on PATH (Debian: apt-get install chromium "
                 "chromium-driver)", allow_module_level=True)
 
-DELAY = 0.08  # seconds per streamed piece: slow enough to watch a reply grow
+DELAY = 0.05  # seconds per streamed piece: slow enough to watch a reply grow
 
 
 def tid(name: str) -> str:
