@@ -3,7 +3,8 @@
 # for Chinese. Installed with apt-get when missing and we may (root, or sudo without a password);
 # otherwise the browser tests skip and say why.
 set -uo pipefail
-have() { command -v chromium >/dev/null && command -v chromedriver >/dev/null && fc-list 2>/dev/null | grep -qi 'noto.*cjk'; }
+# (fc-list's output is captured first: with pipefail, `fc-list | grep -q` fails when grep exits early)
+have() { command -v chromium >/dev/null && command -v chromedriver >/dev/null && [[ "$(fc-list 2>/dev/null)" == *[Nn]oto*CJK* ]]; }
 have && exit 0
 command -v apt-get >/dev/null || { echo "install_browser: no apt-get here; the browser tests will skip" >&2; exit 0; }
 if [ "$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else
