@@ -131,13 +131,18 @@ def get_message(store: Store, user: int, mid: str) -> dict:
 
 
 def path_to(store: Store, user: int, mid: str | None) -> list:
-    """The rows from the conversation's first message down to `mid` (the history a reply sees)."""
-    out = []
-    while mid is not None:
-        row = _message_row(store, user, mid)
-        out.append(row)
-        mid = row["parent_id"]
-    return out[::-1]
+    """The rows from the conversation's first message down to `mid` (the history a reply sees),
+    in one query: a recursive walk up the parent links."""
+    if mid is None:
+        return []
+    rows = store.execute(
+        "WITH RECURSIVE up(id, depth) AS (SELECT ?, 0 UNION ALL "
+        "SELECT m.parent_id, up.depth + 1 FROM messages m JOIN up ON m.id = up.id WHERE m.parent_id IS NOT NULL) "
+        "SELECT m.* FROM up JOIN messages m ON m.id = up.id JOIN conversations c ON c.id = m.conversation_id "
+        "WHERE c.user_id = ? ORDER BY up.depth DESC", (mid, user)).fetchall()
+    if not rows or rows[-1]["id"] != mid:
+        raise NotFound(f"no message {mid!r}")
+    return rows
 
 
 def add_user_message(store: Store, user: int, cid: str, parent_id: str | None, content: str) -> dict:

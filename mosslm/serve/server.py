@@ -55,7 +55,7 @@ class Server:
 
     def admit(self, authorization: str | None):
         """Raise APIError unless this request may run now; returns the key (None on an open server)."""
-        self._check_loaded()
+        self.check_loaded()  # before the key: a loading server says so to everyone
         key = None
         if not self.open_access:
             from .keys import AuthError, authenticate
@@ -67,7 +67,7 @@ class Server:
                 raise APIError(e.status, e.message, code=e.code) from None
         return self.admit_key(key)
 
-    def _check_loaded(self) -> None:
+    def check_loaded(self) -> None:
         if self.base is None:
             raise APIError(503, "the model is still loading", code="model_loading",
                            retry_after=self.config.retry_after_s * 5)
@@ -75,7 +75,7 @@ class Server:
     def admit_key(self, key):
         """Admission for a caller already identified (`key`, or None on an open server):
         its rate limits, then the engine's queue and the in-flight cap."""
-        self._check_loaded()
+        self.check_loaded()
         if key is not None:
             from .keys import RateLimited
 
@@ -172,12 +172,15 @@ class Server:
             self.record_block(verdict, user_id)
         return verdict
 
-    def record_block(self, verdict, user_id: int = 0) -> None:
+    def record_block(self, verdict, user_id: int = 0, conversation_id: str | None = None,
+                     message_id: str | None = None, keep_text: bool = True) -> None:
+        """Count and store what moderation blocked (keep_text=False: a user with logging off)."""
         self.metrics.refusals.labels("moderation").inc()
         if self.store is not None:
             from .conversations import record_moderation
 
-            record_moderation(self.store, user_id, verdict.stage, verdict.rule, verdict.text)
+            record_moderation(self.store, user_id, verdict.stage, verdict.rule, verdict.text if keep_text else None,
+                              conversation_id, message_id)
 
     async def chat(self, req: ChatCompletionRequest, box: dict | None = None, user_id: int = 0) -> dict:
         if self.moderate_input(req, user_id) is not None:

@@ -8,6 +8,7 @@ with logging off. The streamed reply itself is in webchat_stream.py.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -111,13 +112,20 @@ def _csrf(request: Request, user: User) -> None:
             raise APIError(415, "send the request as Content-Type: application/json", code="json_required")
 
 
+def default_settings(server) -> dict:
+    """The server's own settings: all its plugins, its sampling defaults (until the model has
+    loaded: the engine's usual ones)."""
+    params = getattr(server.base, "params", None)
+    return {"plugins": list(server.base.plugins) if server.base is not None else [],
+            "temperature": getattr(params, "temperature", 0.7), "max_tokens": getattr(params, "max_new_tokens", 512),
+            "system_prompt": None}
+
+
 def settings_of(server, user: User, override: Settings | None = None) -> dict:
     """The user's generation settings: server defaults, then what they stored, then `override`,
     checked against what this server has."""
-    params = server.base.params if server.base is not None else None
-    have = list(server.base.plugins) if server.base is not None else []
-    out = {"plugins": have, "temperature": getattr(params, "temperature", 0.7),
-           "max_tokens": getattr(params, "max_new_tokens", 512), "system_prompt": None}
+    out = default_settings(server)
+    have = list(out["plugins"])
     if user.logging and server.store is not None:
         out.update({k: v for k, v in store_api.get_settings(server.store, user.id).items() if k in out})
     if override is not None:
@@ -129,12 +137,10 @@ def settings_of(server, user: User, override: Settings | None = None) -> dict:
 
 def config_of(server) -> dict:
     moderation = server.moderator.mode if server.moderator is not None else "off"
-    plugins = list(server.base.plugins) if server.base is not None else []
-    defaults = {"plugins": plugins, "temperature": getattr(getattr(server.base, "params", None), "temperature", 0.7),
-                "max_tokens": getattr(getattr(server.base, "params", None), "max_new_tokens", 512),
-                "system_prompt": None}
-    return {"model": server.model_name, "auth": "none" if server.open_access else "keys", "plugins": plugins,
-            "defaults": defaults, "moderation": moderation, "max_tokens_cap": server.config.max_tokens_cap}
+    defaults = default_settings(server)
+    return {"model": server.model_name, "auth": "none" if server.open_access else "keys",
+            "plugins": defaults["plugins"], "defaults": defaults, "moderation": moderation,
+            "max_tokens_cap": server.config.max_tokens_cap}
 
 
 def me_of(server, user: User) -> dict:
@@ -142,8 +148,13 @@ def me_of(server, user: User) -> dict:
             "settings": settings_of(server, user)}
 
 
-def _not_found(e: store_api.NotFound) -> APIError:
-    return APIError(404, str(e), code="not_found")
+@contextmanager
+def found():
+    """The store's NotFound (no such row, or another user's) as the API's 404."""
+    try:
+        yield
+    except store_api.NotFound as e:
+        raise APIError(404, str(e), code="not_found") from None
 
 
 def add_web_chat(app: FastAPI, server) -> None:
@@ -162,6 +173,12 @@ def add_web_chat(app: FastAPI, server) -> None:
 
     def stored(user: User) -> bool:
         return user.logging and server.store is not None
+
+    def own_store(user: User, what: str):
+        """The database, for a user whose rows are kept there; else `what` is not found."""
+        if not stored(user):
+            raise store_api.NotFound(f"no {what}")
+        return server.store
 
     @router.get("/config")
     def get_config():
@@ -223,35 +240,23 @@ def add_web_chat(app: FastAPI, server) -> None:
     @router.get("/conversations/{cid}")
     def get_conversation(cid: str, request: Request):
         user = user_for(request)
-        try:
-            if not stored(user):
-                raise store_api.NotFound(f"no conversation {cid!r}")
-            return {**store_api.get_conversation(server.store, user.id, cid),
-                    "messages": store_api.messages(server.store, user.id, cid)}
-        except store_api.NotFound as e:
-            raise _not_found(e) from None
+        with found():
+            store = own_store(user, f"conversation {cid!r}")
+            return {**store_api.get_conversation(store, user.id, cid), "messages": store_api.messages(store, user.id, cid)}
 
     @router.patch("/conversations/{cid}")
     def rename(cid: str, body: TitleBody, request: Request):
         user = user_for(request)
         if not body.title or not body.title.strip():
             raise APIError(400, "a title cannot be empty", "title")
-        try:
-            if not stored(user):
-                raise store_api.NotFound(f"no conversation {cid!r}")
-            return store_api.rename_conversation(server.store, user.id, cid, body.title)
-        except store_api.NotFound as e:
-            raise _not_found(e) from None
+        with found():
+            return store_api.rename_conversation(own_store(user, f"conversation {cid!r}"), user.id, cid, body.title)
 
     @router.delete("/conversations/{cid}")
     def delete(cid: str, request: Request):
         user = user_for(request)
-        try:
-            if not stored(user):
-                raise store_api.NotFound(f"no conversation {cid!r}")
-            store_api.delete_conversation(server.store, user.id, cid)
-        except store_api.NotFound as e:
-            raise _not_found(e) from None
+        with found():
+            store_api.delete_conversation(own_store(user, f"conversation {cid!r}"), user.id, cid)
         return {"ok": True}
 
     @router.post("/chat")
@@ -263,12 +268,8 @@ def add_web_chat(app: FastAPI, server) -> None:
     def stop(mid: str, request: Request):
         user = user_for(request)
         if not generations.stop(mid, user.id):
-            try:  # finished already: fine, if it is theirs
-                if not stored(user):
-                    raise store_api.NotFound(f"no message {mid!r}")
-                store_api.get_message(server.store, user.id, mid)
-            except store_api.NotFound as e:
-                raise _not_found(e) from None
+            with found():  # finished already: fine, if it is theirs
+                store_api.get_message(own_store(user, f"message {mid!r}"), user.id, mid)
         return {"ok": True}
 
     @router.put("/messages/{mid}/feedback")
@@ -276,10 +277,8 @@ def add_web_chat(app: FastAPI, server) -> None:
         user = user_for(request)
         if not stored(user):  # consent: nothing of theirs is kept
             return {**body.model_dump(), "updated_at": None, "stored": False}
-        try:
+        with found():
             return store_api.set_feedback(server.store, user.id, mid, body.rating, body.better_answer, body.comment)
-        except store_api.NotFound as e:
-            raise _not_found(e) from None
 
     app.include_router(router)
 

@@ -15,6 +15,7 @@ import json
 import threading
 import time
 from dataclasses import replace
+from datetime import datetime, timezone
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -27,7 +28,7 @@ from . import conversations as store_api
 from .chat import ThoughtsStream
 from .conversations import NotFound, ReplyState, new_id
 from .errors import APIError, bad_request
-from .keys import format_time, utcnow
+from .keys import format_time
 from .render import StreamRenderer, reply_html
 from .runs import Run, client_error, run_all
 from .webchat import ChatBody, HistoryTurn, User, settings_of
@@ -120,8 +121,7 @@ def _calls(agent: Agent, turn: Turn) -> list[dict]:
         later = [s for s in starts if s > start]
         part = results[start:min(later)] if start >= 0 and later else (results[start:] if start >= 0 else None)
         out.append({"name": c.name, "command": str(c), "result": part.strip() if part else None,
-                    "started_at": format_time(utcnow()) if not agent.last_tools_started else
-                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(agent.last_tools_started)),
+                    "started_at": format_time(datetime.fromtimestamp(agent.last_tools_started, timezone.utc)),
                     "duration_ms": round(agent.last_tools_seconds * 1000, 3)})
     return out
 
@@ -137,8 +137,7 @@ def _plugin_view(state: ReplyState, calls: list[dict]) -> dict | None:
 async def chat_stream(server, generations: Generations, user: User, body: ChatBody, request: Request,
                       persist: bool) -> StreamingResponse:
     store = server.store if persist else None
-    if server.base is None:
-        server.admit_key(user.key)  # raises the 503 "loading"
+    server.check_loaded()
     settings = settings_of(server, user, body.settings)
     lang = "zh" if request.headers.get("accept-language", "").lower().startswith("zh") else "en"
 
@@ -212,7 +211,7 @@ async def chat_stream(server, generations: Generations, user: User, body: ChatBo
                             "html": None, "status": "complete", "plugin": None, "feedback": None, "model": None}
             mid = new_id("m")
     except BaseException:
-        if key is not None or verdict is None:
+        if verdict is None:  # admitted: give its slot back
             server.release(key, 0)
         raise
     stop = generations.add(mid, user.id)
@@ -234,9 +233,8 @@ async def _events(server, agent, conv, turn, store, user, conversation, user_mes
 
     def record(v) -> None:
         """Every block is stored; for a user with logging off, without the text or the ids."""
-        if server.store is not None:
-            store_api.record_moderation(server.store, user.id, v.stage, v.rule, v.text if store else None,
-                                        conversation["id"] if store else None, mid if store else None)
+        kept = store is not None
+        server.record_block(v, user.id, conversation["id"] if kept else None, mid if kept else None, keep_text=kept)
 
     def message() -> dict:
         if store is not None:
