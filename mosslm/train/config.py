@@ -10,11 +10,13 @@ from typing import Any
 import yaml
 
 LOSS_PARTS = ("meta", "human", "thoughts", "commands", "results", "reply")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
 
 
 @dataclass
 class TrainConfig:
-    stage: str = "pretrain"                  # pretrain | sft
+    stage: str = "pretrain"                  # pretrain | sft | dpo
     out: str = "runs/train"                  # run folder: checkpoints, metrics, final model
     tokenizer: str = ""                      # tokenizer folder (or a checkpoint folder)
     init: str | None = None                  # start from this checkpoint folder; else a fresh preset
@@ -46,11 +48,37 @@ class TrainConfig:
     plugins: list[str] = field(default_factory=list)  # plugins the model is trained to use (mosslm.json)
     protocol: str = "mosslm"                 # protocol preset written into the checkpoint
     progress: bool = True
+    # LoRA / QLoRA (`moss finetune`; also `moss train sft|dpo lora_r=8`): 0 = train every weight
+    lora_r: int = 0
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    qlora: bool = False                      # 4-bit base weights (bitsandbytes), where the device supports it
+    add_protocol_tokens: bool = False        # `--protocol moss`: terminators and role tags become special tokens
+    # DPO (`moss train dpo`)
+    dpo_beta: float = 0.1
+    dpo_loss: str = "sigmoid"                # sigmoid | ipo
+    dpo_reference: str = "precomputed"       # precomputed (log-probs once, no second model) | model (frozen copy)
+    # Sharding under torchrun: ddp (a full copy per process) | fsdp (FSDP2) | zero2 | zero3 (DeepSpeed)
+    strategy: str = "ddp"
+    deepspeed: dict = field(default_factory=dict)  # extra DeepSpeed config keys, merged over ours
 
     def validate(self) -> None:
         problems = []
-        if self.stage not in ("pretrain", "sft"):
-            problems.append(f"stage must be pretrain or sft, got {self.stage!r}")
+        if self.stage not in ("pretrain", "sft", "dpo"):
+            problems.append(f"stage must be pretrain, sft or dpo, got {self.stage!r}")
+        if self.lora_r < 0:
+            problems.append("lora_r must be >= 0 (0 = no LoRA)")
+        if self.qlora and self.lora_r == 0:
+            problems.append("qlora needs lora_r > 0")
+        if self.dpo_loss not in ("sigmoid", "ipo"):
+            problems.append(f"dpo_loss must be sigmoid or ipo, got {self.dpo_loss!r}")
+        if self.dpo_reference not in ("precomputed", "model"):
+            problems.append(f"dpo_reference must be precomputed or model, got {self.dpo_reference!r}")
+        if self.dpo_beta <= 0:
+            problems.append("dpo_beta must be > 0")
+        if self.strategy not in STRATEGIES:
+            problems.append(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if not self.tokenizer and not self.init:
             problems.append("set tokenizer= (a tokenizer folder) or init= (a checkpoint)")
         if not self.train:
