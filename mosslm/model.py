@@ -163,8 +163,10 @@ def _version() -> str:
     return __version__
 
 
-def load(path: str | os.PathLike, dtype: torch.dtype | str = torch.float32) -> LoadedModel:
-    """Load a checkpoint folder (ours or any local HF causal LM) or a .gguf file.
+def load(path: str | os.PathLike, dtype: torch.dtype | str = torch.float32,
+         adapter: str | os.PathLike | None = None) -> LoadedModel:
+    """Load a checkpoint folder (ours or any local HF causal LM), a .gguf file, or a LoRA adapter folder
+    (`moss finetune`'s output: put on the base its mosslm.json names, or on `path` when `adapter` is given).
 
     `dtype` by name ("auto", "fp32", "bf16") is resolved for inference on this machine
     (mosslm/hardware.py), announced once, and kept as `.dtype_choice`."""
@@ -173,6 +175,8 @@ def load(path: str | os.PathLike, dtype: torch.dtype | str = torch.float32) -> L
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelLoadError(f"model not found: {p}")
+    if adapter is not None or (p / "adapter_config.json").exists():
+        return _load_adapter(Path(adapter).expanduser() if adapter else p, str(p) if adapter else None, dtype)
     choice, requested = None, None
     if isinstance(dtype, str):  # by name: resolved at the shapes of this model
         requested = dtype
@@ -189,6 +193,7 @@ def load(path: str | os.PathLike, dtype: torch.dtype | str = torch.float32) -> L
             _require("accelerate", "GGUF files", "gguf")
             tokenizer = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
             model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=dtype)
+            _forget_gguf_quantizer(model)
         else:
             if not (p / "config.json").exists():
                 raise ModelLoadError(f"{p} has no config.json: not a Hugging Face checkpoint folder")
@@ -213,6 +218,32 @@ def load(path: str | os.PathLike, dtype: torch.dtype | str = torch.float32) -> L
         if model.dtype != choice.torch_dtype:
             model = model.to(choice.torch_dtype)
     return LoadedModel(model, tokenizer, str(p), detect_protocol(p, tokenizer), context_length(model), choice)
+
+
+def _load_adapter(folder: Path, base: str | None, dtype) -> LoadedModel:
+    """A LoRA adapter merged into its base in memory: the engine sees one plain model."""
+    from .train import lora  # the adapter format lives with the fine-tune that writes it
+
+    try:
+        model, tokenizer, meta = lora.load_merged(folder, base)
+    except lora.LoraError as e:
+        raise ModelLoadError(str(e)) from None
+    choice = None
+    if isinstance(dtype, str):
+        choice = _choose_inference_dtype(dtype, model.config)
+        dtype = choice.torch_dtype
+    model = model.to(dtype)
+    return LoadedModel(model, tokenizer, str(folder), meta.get("protocol") or detect_protocol(folder, tokenizer),
+                       context_length(model), choice)
+
+
+def _forget_gguf_quantizer(model) -> None:
+    """GGUF weights arrive dequantised, as plain tensors, but transformers still marks the model quantized and
+    refuses to save it; a fine-tune or a merge of a GGUF base must save as an ordinary folder."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def _choose_inference_dtype(requested: str, config):

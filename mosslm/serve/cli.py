@@ -22,6 +22,8 @@ def add_serve_parser(verbs, sampling_args) -> None:
                                      "(default: the default model)")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--adapter", metavar="DIR", help="a LoRA adapter (`moss finetune`'s output) served on top "
+                                                       "of --model, merged in memory")
     srv.add_argument("--name", help="model name in the API (default: the folder name)")
     srv.add_argument("--plugins", help="server-side plugins, comma-separated, or 'none' (default: the model's)")
     srv.add_argument("--plugin-path", action="append", default=[], metavar="FILE.py",
@@ -114,7 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def load():
         try:
             agent = build_agent(str(path), args.plugins, params, plugin_paths=args.plugin_path, dtype=args.dtype,
-                                engine_config=engine)
+                                engine_config=engine, adapter=args.adapter)
         except ChatError as e:
             print(f"moss serve: {e}", file=sys.stderr)
             os._exit(2)  # the HTTP server runs on: only an exit ends it from this thread

@@ -25,6 +25,7 @@ from .. import model as modellib
 from ..paths import atomic_dir
 from ..model import MANIFEST, CheckpointError, verify_checkpoint, write_manifest
 from .config import TrainConfig
+from . import sharding
 from .data import IGNORE, Dataset, load_dataset
 
 STATE_FILE = "trainer_state.pt"
@@ -75,16 +76,23 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 # ---------------------------------------------------------------- checkpoints
 
 def save_training_checkpoint(run: Path, step: int, model, tokenizer, optimizer, cfg: TrainConfig, keep: int,
-                             dtype: str = "fp32") -> Path:
+                             dtype: str = "fp32", sharder=None) -> Path:
+    """Rank 0 writes it; with a sharder (FSDP/DeepSpeed) every rank calls this and helps."""
     ckpt_dir = run / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step_{step:07d}"
-    with atomic_dir(final) as tmp:
-        model.save_pretrained(tmp / "model", safe_serialization=True)
-        tokenizer.save_pretrained(tmp / "model")
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
-                    "dtype": dtype}, tmp / STATE_FILE)
-        write_manifest(tmp)
+    if sharder is not None:
+        sharding.save_checkpoint(final, sharder, tokenizer, {"step": step, "config": dataclasses.asdict(cfg),
+                                 "dtype": dtype, "strategy": sharder.strategy}, STATE_FILE)
+        if not sharder.main:
+            return final
+    else:
+        with atomic_dir(final) as tmp:
+            model.save_pretrained(tmp / "model", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "model")
+            torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
+                        "dtype": dtype}, tmp / STATE_FILE)
+            write_manifest(tmp)
     for old in sorted(ckpt_dir.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -125,8 +133,9 @@ class TokenLoss(torch.nn.Module):
     def __init__(self, model) -> None:
         super().__init__()
         self.model = model
-        self.body = getattr(model, "model", None)
-        self.head = getattr(model, "lm_head", None)
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps the model
+        self.body = getattr(inner, "model", None)
+        self.head = getattr(inner, "lm_head", None)
 
     def forward(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         targets = labels[:, 1:]
@@ -185,24 +194,42 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     """
     dist = setup_distributed()
     run = Path(cfg.out)
-    tokenizer = _load_tokenizer(cfg)
     torch.manual_seed(cfg.seed)
-    model = _build_model(cfg, tokenizer).to(dist.device)
+    if cfg.lora_r > 0:  # a frozen base with adapters (moss finetune)
+        from . import lora
+        model, tokenizer = lora.build(cfg)
+        model = model.to(dist.device)
+        if dist.main:
+            trainable, total = lora.trainable_counts(model)
+            print(f"LoRA r={cfg.lora_r}: training {trainable:,} of {total:,} parameters "
+                  f"({100 * trainable / total:.2f}%)", file=sys.stderr, flush=True)
+    else:
+        tokenizer = _load_tokenizer(cfg)
+        model = _build_model(cfg, tokenizer).to(dist.device)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  weight_decay=cfg.weight_decay, fused=True)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, fused=True)
     start_step, resumed_dtype = 0, None
+    sharded = cfg.strategy != "ddp" and dist.world > 1  # fsdp/zero2/zero3 (one process: nothing to shard)
+    ckpt, trainer_state = None, None
     if resume:
         ckpt = latest_checkpoint(run)
         if ckpt is not None:
             verify_checkpoint(ckpt)
-            from safetensors.torch import load_file
-            state = load_file(ckpt / "model" / "model.safetensors")
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            if unexpected or [m for m in missing if "lm_head" not in m]:
-                raise CheckpointError(f"{ckpt}: weights do not match the model ({missing[:3]}, {unexpected[:3]})")
+            if cfg.lora_r > 0:
+                lora.load_adapter_weights(model, ckpt / "model")
+            else:
+                from safetensors.torch import load_file
+                state = load_file(ckpt / "model" / "model.safetensors")
+                missing, unexpected = model.load_state_dict(state, strict=False)
+                if unexpected or [m for m in missing if "lm_head" not in m]:
+                    raise CheckpointError(f"{ckpt}: weights do not match the model ({missing[:3]}, {unexpected[:3]})")
             trainer_state = torch.load(ckpt / STATE_FILE, weights_only=False)
-            optimizer.load_state_dict(trainer_state["optimizer"])
+            saved_strategy = trainer_state.get("strategy", "ddp")
+            if saved_strategy != (cfg.strategy if sharded else "ddp"):
+                raise CheckpointError(f"{ckpt} was saved by strategy={saved_strategy}; resume it with that strategy")
+            if not sharded:  # a sharder restores its own optimizer state once it exists (below)
+                optimizer.load_state_dict(trainer_state["optimizer"])
             start_step = trainer_state["step"]
             resumed_dtype = trainer_state.get("dtype")
             if dist.main:
@@ -214,7 +241,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
 
     loss_model = TokenLoss(model)
     net = loss_model
-    if dist.world > 1:
+    if dist.world > 1 and not sharded:
         from torch.nn.parallel import DistributedDataParallel
         net = DistributedDataParallel(loss_model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
     forward_model = torch.compile(net) if cfg.compile else net
@@ -236,6 +263,13 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         raise ValueError(f"batch_size {cfg.batch_size} must split evenly over {dist.world} processes "
                          f"and micro-batches of {cfg.micro_batch_size}")
     micro = min(cfg.micro_batch_size, per_rank)
+    sharder = None
+    if sharded:  # FSDP2 / DeepSpeed own the forward module, the optimizer and the update
+        sharder = sharding.wrap(cfg, model, loss_model, dist.rank, micro, per_rank // micro, choice.dtype == "bf16")
+        net = forward_model = sharder.net
+        optimizer = sharder.optimizer
+        if trainer_state is not None:
+            sharder.load_shards(ckpt, trainer_state)
     bar = _progress(cfg, start_step) if dist.main else None
     t0, tokens_seen, window_tokens, window_t = time.time(), 0, 0, time.time()
     done = start_step
@@ -253,23 +287,34 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         chunks = [mine[i:i + micro] for i in range(0, len(mine), micro)]
         for k, chunk in enumerate(chunks):
             ids, labels = train_data.batch(chunk)
-            sync = contextlib.nullcontext() if (dist.world == 1 or k == len(chunks) - 1) else net.no_sync()
+            last = k == len(chunks) - 1
+            if sharder is not None:
+                sync = sharder.accumulating(last)
+            else:
+                sync = contextlib.nullcontext() if (dist.world == 1 or last) else net.no_sync()
             with sync:
                 loss_sum = _loss_sum(forward_model, ids.to(dist.device), labels.to(dist.device), autocast)
-                # Normalise by the global target count; DDP averages gradients, so scale by world.
-                (loss_sum * dist.world / max(1, targets)).backward()
+                # Normalise by the global target count; DDP (and FSDP, ZeRO) average gradients, so scale by world.
+                scaled = loss_sum * dist.world / max(1, targets)
+                sharder.backward(scaled) if sharder is not None else scaled.backward()
             loss_total += loss_sum.detach()
             tokens_seen += int(ids.numel())
             window_tokens += int(ids.numel())
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if sharder is not None:
+            sharder.step(cfg.grad_clip)
+        else:
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         if dist.world > 1:
             import torch.distributed as tdist
             tdist.all_reduce(loss_total)
         loss = float(loss_total) / max(1, targets)
         done = step + 1
+        val_loss = None  # a sharded model runs forward on every rank together
+        if val_data is not None and (done % cfg.eval_every == 0 or done == cfg.max_steps) and (dist.main or sharded):
+            val_loss = evaluate(loss_model, val_data, cfg, dist.device, autocast)
         if dist.main:
             row = {"step": done, "loss": loss, "lr": lr}
             if done % cfg.log_every == 0 or done == cfg.max_steps:
@@ -277,8 +322,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
                 row["tokens_per_s"] = window_tokens * dist.world / max(1e-9, now - window_t)
                 row["dtype"] = choice.dtype
                 window_tokens, window_t = 0, now
-            if val_data is not None and (done % cfg.eval_every == 0 or done == cfg.max_steps):
-                row["val_loss"] = evaluate(loss_model, val_data, cfg, dist.device, autocast)
+            if val_loss is not None:
+                row["val_loss"] = val_loss
             _append_metrics(metrics_path, row)
             if bar is not None:
                 bar.update(1)
@@ -288,16 +333,24 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
                 if "val_loss" in row:
                     post["val"] = f"{row['val_loss']:.3f}"
                 bar.set_postfix(post, refresh=False)
-        if done % cfg.save_every == 0 and done < cfg.max_steps and dist.main:
-            save_training_checkpoint(run, done, model, tokenizer, optimizer, cfg, cfg.keep_checkpoints, choice.dtype)
+        if done % cfg.save_every == 0 and done < cfg.max_steps and (dist.main or sharded):
+            save_training_checkpoint(run, done, model, tokenizer, optimizer, cfg, cfg.keep_checkpoints, choice.dtype,
+                                     sharder=sharder)
     if bar is not None:
         bar.close()
     final = run / "final"
+    if sharder is not None and done == cfg.max_steps:
+        model = sharder.plain_model()  # gathered by every rank; the full unsharded model on rank 0
     if dist.main and done == cfg.max_steps:
-        modellib.save_checkpoint(model, tokenizer, final, preset=cfg.protocol, metadata={
-            "plugins": cfg.plugins, "stage": cfg.stage, "steps": cfg.max_steps,
-            "train_dtype": choice.dtype, "train_dtype_choice": choice.line(),
-            "train_seconds": round(time.time() - t0, 1), "tokens_seen": tokens_seen * dist.world})
+        metadata = {"plugins": cfg.plugins, "stage": cfg.stage, "steps": cfg.max_steps,
+                    "train_dtype": choice.dtype, "train_dtype_choice": choice.line(),
+                    "train_seconds": round(time.time() - t0, 1), "tokens_seen": tokens_seen * dist.world}
+        if cfg.lora_r > 0:
+            lora.save_adapter(model, tokenizer, final, base=cfg.init, preset=cfg.protocol, metadata={
+                **metadata, "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets,
+                                     "protocol_tokens": cfg.add_protocol_tokens}})
+        else:
+            modellib.save_checkpoint(model, tokenizer, final, preset=cfg.protocol, metadata=metadata)
         plot_metrics(metrics_path, run / "loss.png", title=f"{cfg.stage} loss")
     if dist.world > 1:
         import torch.distributed as tdist
