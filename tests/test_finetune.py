@@ -157,3 +157,10 @@ def test_an_adapter_loads_on_its_base_as_chat_and_serve_do(foreign_base, adapter
     assert plain.model.get_input_embeddings().weight.shape[0] < alone.model.get_input_embeddings().weight.shape[0]
     with pytest.raises(ModelLoadError, match="not a LoRA adapter folder"):
         load(foreign_base, adapter=tmp_path)
+
+
+def test_moss_chat_answers_with_an_adapter_on_its_base(foreign_base, adapter, capsys):
+    code = main(["chat", "--model", str(foreign_base), "--adapter", str(adapter), "--message", "hello",
+                 "--max-new-tokens", "8", "--temperature", "0"])
+    assert code == 0
+    assert f"with the adapter {adapter}" in capsys.readouterr().err

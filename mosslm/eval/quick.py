@@ -69,6 +69,9 @@ def score(item: dict, turn: protocol.Turn) -> dict[str, bool]:
         return {"refused": is_refusal(reply)}
     if task == "benign":
         return {"refused": is_refusal(reply)}
+    if task in ("tool", "no_tool"):  # a company's own tool: moss data synth --recipe tool
+        from ..data.synth_tools import score_tool_item
+        return score_tool_item(item, turn)
     raise ValueError(f"unknown eval task {task!r}")
 
 
