@@ -35,7 +35,7 @@ from ..paths import atomic_file
 from ..protocol import ProtocolError
 from .config import TrainConfig
 from .data import IGNORE, Dataset, SftExample, conversation_example
-from .loop import (STATE_FILE, _append_metrics, _build_model, _load_tokenizer, _progress, _truncate_metrics,
+from .loop import (STATE_FILE, _append_metrics, _progress, _truncate_metrics, build_model_and_tokenizer,
                    latest_checkpoint, learning_rate, plot_metrics, resolve_dtype, save_training_checkpoint,
                    setup_distributed)
 
@@ -226,18 +226,10 @@ def run_dpo(cfg: TrainConfig, resume: bool = False, stop_after: int | None = Non
     dist = setup_distributed()
     run = Path(cfg.out)
     torch.manual_seed(cfg.seed)
+    model, tokenizer = build_model_and_tokenizer(cfg, dist)
     lora = None
     if cfg.lora_r > 0:  # a frozen base with adapters; the reference is the base with the adapter off
         from . import lora
-        model, tokenizer = lora.build(cfg)
-        trainable, total = lora.trainable_counts(model)
-        if dist.main:
-            print(f"LoRA r={cfg.lora_r}: training {trainable:,} of {total:,} parameters", file=sys.stderr, flush=True)
-    else:
-        tokenizer = _load_tokenizer(cfg)
-        model = _build_model(cfg, tokenizer)
-    model = model.to(dist.device)
-    model.train()
     pairs = read_pairs(cfg.train)
     c_examples, r_examples = pair_examples(pairs, tokenizer, cfg.loss_on, cfg.seq_len)
     chosen = Dataset(examples=c_examples, seed=cfg.seed)

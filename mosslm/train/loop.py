@@ -88,7 +88,11 @@ def save_training_checkpoint(run: Path, step: int, model, tokenizer, optimizer, 
             return final
     else:
         with atomic_dir(final) as tmp:
-            model.save_pretrained(tmp / "model", safe_serialization=True)
+            if hasattr(model, "peft_config"):  # LoRA: the adapter and the protocol tokens' rows, as in final/
+                from .lora import save_adapter_weights
+                save_adapter_weights(model, tmp / "model")
+            else:
+                model.save_pretrained(tmp / "model", safe_serialization=True)
             tokenizer.save_pretrained(tmp / "model")
             torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
                         "dtype": dtype}, tmp / STATE_FILE)
@@ -120,6 +124,24 @@ def _build_model(cfg: TrainConfig, tokenizer):
             verify_checkpoint(folder)
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     return modellib.build_model(cfg.preset, tokenizer, seed=cfg.seed, max_position_embeddings=cfg.context_length)
+
+
+def build_model_and_tokenizer(cfg: TrainConfig, dist: Dist):
+    """The model to train, on its device in train mode, and its tokenizer: a preset or an init checkpoint,
+    or with lora_r > 0 a frozen base with adapters (moss finetune, LoRA DPO)."""
+    if cfg.lora_r > 0:
+        from . import lora
+        model, tokenizer = lora.build(cfg)
+        if dist.main:
+            trainable, total = lora.trainable_counts(model)
+            print(f"LoRA r={cfg.lora_r}: training {trainable:,} of {total:,} parameters "
+                  f"({100 * trainable / total:.2f}%)", file=sys.stderr, flush=True)
+    else:
+        tokenizer = _load_tokenizer(cfg)
+        model = _build_model(cfg, tokenizer)
+    model = model.to(dist.device)
+    model.train()
+    return model, tokenizer
 
 
 class TokenLoss(torch.nn.Module):
@@ -195,18 +217,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     dist = setup_distributed()
     run = Path(cfg.out)
     torch.manual_seed(cfg.seed)
-    if cfg.lora_r > 0:  # a frozen base with adapters (moss finetune)
+    model, tokenizer = build_model_and_tokenizer(cfg, dist)
+    if cfg.lora_r > 0:
         from . import lora
-        model, tokenizer = lora.build(cfg)
-        model = model.to(dist.device)
-        if dist.main:
-            trainable, total = lora.trainable_counts(model)
-            print(f"LoRA r={cfg.lora_r}: training {trainable:,} of {total:,} parameters "
-                  f"({100 * trainable / total:.2f}%)", file=sys.stderr, flush=True)
-    else:
-        tokenizer = _load_tokenizer(cfg)
-        model = _build_model(cfg, tokenizer).to(dist.device)
-    model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, fused=True)
     start_step, resumed_dtype = 0, None

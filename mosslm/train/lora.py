@@ -133,13 +133,17 @@ def load_adapter_weights(model, folder: Path) -> None:
         raise modellib.CheckpointError(f"{folder}: adapter weights do not match ({unexpected[:3]})")
 
 
+def save_adapter_weights(model, folder: Path) -> None:
+    """Only the adapters and the protocol tokens' rows: a resized embedding is not saved whole."""
+    model.save_pretrained(folder, save_embedding_layers=False)
+
+
 def save_adapter(model, tokenizer, out: str | os.PathLike, base: str, preset: str = "mosslm",
                  metadata: dict[str, Any] | None = None) -> Path:
     """The fine-tune's result, atomically: adapter files, tokenizer and chat template, mosslm.json naming the base."""
     out = Path(out)
     with atomic_dir(out) as tmp:
-        # Only adapters and the protocol tokens' rows: a resized embedding is not saved whole.
-        model.save_pretrained(tmp, save_embedding_layers=False)
+        save_adapter_weights(model, tmp)
         tokenizer.chat_template = protocol.chat_template(preset)
         tokenizer.save_pretrained(tmp)
         meta = {"protocol": preset, "mosslm_version": modellib._version(), "adapter": True,
