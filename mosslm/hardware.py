@@ -256,10 +256,16 @@ def measure(workload: Workload, native: bool) -> Measurement:
                            "matmul")
     if workload.kind == "train":
         args = (workload.config_json, workload.rows, workload.seq_len)
-        return Measurement(train_step_gflops("fp32", *args), train_step_gflops("bf16", *args),
-                           "training forward+backward")
+        return Measurement(*_interleaved(lambda d: train_step_gflops(d, *args)), "training forward+backward")
     args = (workload.rows, workload.hidden, workload.intermediate, workload.layers)
-    return Measurement(decode_gflops("fp32", *args), decode_gflops("bf16", *args), "decode matmuls")
+    return Measurement(*_interleaved(lambda d: decode_gflops(d, *args)), "decode matmuls")
+
+
+def _interleaved(rate) -> tuple[float, float]:
+    """(fp32, bf16) rates, each the best of two runs taken in turn: on a busy machine a burst of other work
+    during one of two back-to-back runs once turned a measured 2.3x bf16 gain into "2x slower"."""
+    fp32, bf16 = rate("fp32"), rate("bf16")
+    return max(fp32, rate("fp32")), max(bf16, rate("bf16"))
 
 
 _announced: set[str] = set()

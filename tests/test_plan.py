@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mosslm.model import PRESETS, count_parameters, model_config
-from mosslm.train import plan
+from mosslm.train import plan, plan_cli
 from mosslm.train.plan import GiB, PlanError, Setup, estimate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,7 +176,7 @@ def test_qwen2_biases_and_hf_folder(tmp_path):
     config = Qwen2Config(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=1000)
     config.save_pretrained(tmp_path)
-    dims, train = plan.load_plan_config(str(tmp_path))
+    dims, train = plan_cli.load_plan_config(str(tmp_path))
     assert train == {} and dims.qkv_bias
     assert dims.total_params == count_parameters(config)
 
@@ -219,7 +219,7 @@ def test_moss16b_needs_16_bytes_per_param_and_what_fits():
 
 
 def test_100b_yaml():
-    dims, train = plan.load_plan_config("plan-100b.yaml")  # the packaged config, by name
+    dims, train = plan_cli.load_plan_config("plan-100b.yaml")  # the packaged config, by name
     assert 95e9 < dims.total_params < 105e9
     from transformers import LlamaConfig
 
@@ -243,7 +243,7 @@ def _model_fields() -> dict:
 
 def _cli(*argv: str):
     parser = argparse.ArgumentParser(prog="moss train")
-    plan.add_plan_parser(parser.add_subparsers(dest="stage"))
+    plan_cli.add_plan_parser(parser.add_subparsers(dest="stage"))
     args = parser.parse_args(["plan", *argv])
     return args.func(args)
 
@@ -283,10 +283,10 @@ def test_bad_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("preset: tiny\nlearning_rate: 3\n")
     with pytest.raises(PlanError, match="unknown config key.*learning_rate"):
-        plan.load_plan_config(str(bad))
+        plan_cli.load_plan_config(str(bad))
     bad.write_text("model:\n  hidden_size: 64\n")
     with pytest.raises(PlanError, match="lacks intermediate_size"):
-        plan.load_plan_config(str(bad))
+        plan_cli.load_plan_config(str(bad))
     bad.write_text("model:\n  model_type: gpt2\n")
     with pytest.raises(PlanError, match="not a Llama-family"):
-        plan.load_plan_config(str(bad))
+        plan_cli.load_plan_config(str(bad))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
+from pathlib import Path
 
 TRAIN_HELP = ("Train with one explicit loop. Runs data-parallel under `torchrun --nproc_per_node K -m mosslm "
               "train ...` (strategy: ddp, fsdp, zero2 or zero3 in the config).")
@@ -25,7 +28,7 @@ def add_train_parsers(verbs) -> None:
         p = stages.add_parser(stage, help=text, description=f"{text}. {TRAIN_HELP}")
         _stage_args(p)
         p.set_defaults(func=cmd_train, takes_overrides=True)
-    from .plan import add_plan_parser
+    from .plan_cli import add_plan_parser
     add_plan_parser(stages)
     train.set_defaults(func=lambda a: (train.print_help(), 2)[1])
 
@@ -48,6 +51,11 @@ def add_train_parsers(verbs) -> None:
                                                   "(e.g. Search,Calculate,Solve)")
     ft.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
     ft.add_argument("--qlora", action="store_true", help="4-bit base weights (bitsandbytes; CUDA GPUs)")
+    ft.add_argument("--keep-knowledge", type=int, default=0, metavar="N",
+                    help="mix in N tool-free turns whose replies the base writes itself (greedy, its own chat "
+                         "template) to general questions, so that it keeps answering them without tools "
+                         "(default 0: off; the bundled list has 173, --keep-knowledge-questions gives yours)")
+    ft.add_argument("--keep-knowledge-questions", metavar="FILE", help="one question per line for --keep-knowledge")
     _stage_args(ft)
     ft.set_defaults(func=cmd_finetune, takes_overrides=True)
 
@@ -122,6 +130,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         print(f"moss finetune: {e}", file=sys.stderr)
         return 2
     try:
+        if args.keep_knowledge > 0:
+            cfg.train = list(cfg.train) + [str(keep_knowledge_file(cfg, args.keep_knowledge,
+                                                                   args.keep_knowledge_questions))]
         final = train(cfg, resume=args.resume)
     except (CheckpointError, LoraError, ModelLoadError, ValueError, FileNotFoundError) as e:
         return _report("finetune", e)
@@ -129,6 +140,35 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         print(f"adapter: {final}\n  chat with it: moss chat --model {final}\n"
               f"  merge it:     moss export --merge-lora {final} --out MERGED")
     return 0
+
+
+def keep_knowledge_file(cfg, n: int, questions_file: str | None) -> Path:
+    """OUT/keep_knowledge.jsonl: the base's own answers to n general questions, in the meta instruction of the
+    user's first conversation. Written once (atomically) and reused on --resume, so the data stays the same."""
+    from ..data.conversations import read_file
+    from ..protocol import to_moss_json
+    from .distill import keep_knowledge_conversations, read_questions
+
+    path = Path(cfg.out) / "keep_knowledge.jsonl"
+    if path.exists():
+        return path
+    if os.environ.get("RANK", "0") != "0":  # rank 0 writes it (atomically); the others wait for it
+        deadline = time.time() + 3600
+        while not path.exists():
+            if time.time() > deadline:
+                raise ValueError(f"rank {os.environ['RANK']}: rank 0 wrote no {path} within an hour")
+            time.sleep(2)
+        return path
+    first = next((conv for _, conv in read_file(cfg.train[0])), None)
+    if first is None:
+        raise ValueError(f"{cfg.train[0]} holds no conversation to take the meta instruction from")
+    convs = keep_knowledge_conversations(cfg.init, first.meta, read_questions(questions_file)[:n])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(to_moss_json(c), ensure_ascii=False) + "\n" for c in convs), encoding="utf-8")
+    tmp.replace(path)
+    print(f"keep-knowledge: {len(convs)} of the base's own answers in {path}", file=sys.stderr)
+    return path
 
 
 def cmd_export(args: argparse.Namespace) -> int:
