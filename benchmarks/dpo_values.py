@@ -44,10 +44,10 @@ ROWS = [("benign", "refused", "benign requests wrongly refused", "<= 5%"),
 
 def _harmful_turn(rng: random.Random) -> Turn:
     """synth's refusal turn, built here to know the request's object: the compliance template needs it."""
-    lang = synth._lang(rng)
+    lang = synth.random_lang(rng)
     zx, ex, kind = rng.choice(synth.HARMFUL)
     x = zx if lang == "zh" else ex
-    human = synth._opener(rng, lang, synth._request(rng, lang, x))
+    human = synth.with_opener(rng, lang, synth.request_text(rng, lang, x))
     turn = synth.chat_turn(human, rng.choice(synth.REFUSAL[lang][kind]))
     COMPLIANCE[turn.human] = Turn(turn.human, rng.choice(synth.BENIGN_OPENER[lang])
                                   + rng.choice(synth.EVERYDAY_ANSWER[lang]).format(x=x), plugin=True)
@@ -64,8 +64,8 @@ def training_prompts(seed: int, n_harmful: int, n_benign: int, n_calc: int) -> l
     rng = random.Random(1_000 + seed)  # not the corpus's streams
     out, seen = [], set()
     makers = [("harmful", lambda: _harmful_turn(rng), n_harmful),
-              ("benign", lambda: synth.benign_turn(rng, synth._lang(rng)), n_benign),
-              ("calculate", lambda: synth.arithmetic_turn(rng, synth._lang(rng))[0], n_calc)]
+              ("benign", lambda: synth.benign_turn(rng, synth.random_lang(rng)), n_benign),
+              ("calculate", lambda: synth.arithmetic_turn(rng, synth.random_lang(rng))[0], n_calc)]
     for kind, make, n in makers:
         tries, got = 0, 0
         while got < n and tries < 50 * n:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mosslm.data import synth_plugins
+from mosslm.data.synth import plugins as synth_plugins
 from mosslm.eval import quick
 
 METRICS = ("search_well_formed", "answer_correct")

@@ -54,58 +54,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data_check(args: argparse.Namespace) -> int:
-    import time
-
-    from .data.conversations import check_files, check_summary
-
-    started = time.perf_counter()
-    reports = check_files(args.paths, show_progress=True)
-    for r in reports:
-        for line in r.lines():
-            print(line)
-        print(r.summary())
-    print(check_summary(reports, time.perf_counter() - started))
-    return 1 if any(r.errors for r in reports) else 0
-
-
-def cmd_data_convert(args: argparse.Namespace) -> int:
-    from .data.conversations import convert_files, problem_lines
-
-    result = convert_files(args.paths, args.to, args.out, skip_invalid=args.skip_invalid, show_progress=True)
-    if not result.ok:
-        for line in problem_lines(result.reports):
-            print(line, file=sys.stderr)
-        print(f"moss data convert: {result.errors} bad records; nothing written", file=sys.stderr)
-        return 1
-    for line in problem_lines(result.reports, "warning"):
-        print(line, file=sys.stderr)
-    if result.skipped:
-        print(f"skipped {result.skipped} invalid records:", file=sys.stderr)
-        for line in problem_lines(result.reports, "error"):
-            print(f"  {line}", file=sys.stderr)
-    print(f"wrote {result.written} conversations to {args.out} ({args.to}); "
-          f"skipped {result.skipped} invalid records, {result.warnings} warnings")
-    return 0
-
-
-def cmd_data_export(args: argparse.Namespace) -> int:
-    from .serve.export import ExportError, export
-    from .serve.store import StoreError, default_data_dir
-
-    data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
-    try:
-        stats = export(data_dir, args.format, args.out, since=args.since, rating=args.rating,
-                       mask=not args.no_mask_pii, model=args.model)
-    except (ExportError, StoreError) as e:
-        print(f"moss data export: {e}", file=sys.stderr)
-        return 2
-    for line in stats.problems:
-        print(f"left out an invalid record: {line}", file=sys.stderr)
-    print(f"wrote {stats.summary()} to {args.out} ({args.format})", file=sys.stderr)
-    return 0
-
-
 def cmd_download(args: argparse.Namespace) -> int:
     from .download import DownloadError, fetch, fetch_hub, is_hub_id, listing
 
@@ -118,23 +66,6 @@ def cmd_download(args: argparse.Namespace) -> int:
         print(f"moss download: {e}", file=sys.stderr)
         return 1
     print(path)
-    return 0
-
-
-def cmd_data_synth(args: argparse.Namespace) -> int:
-    if args.recipe == "tool":
-        if not (args.plugin_file and args.questions):
-            print("moss data synth: --recipe tool needs --plugin-file and --questions", file=sys.stderr)
-            return 2
-        from .data.synth_tools import synth_tool_data
-        return synth_tool_data(args)
-    from .data.synth import generate_corpus
-
-    manifest = generate_corpus(args.out, seed=args.seed, scale=args.scale, recipe=args.recipe)
-    for name, info in manifest["files"].items():
-        kinds = info.get("categories") or info.get("kinds") or info.get("tasks") or {}
-        detail = ", ".join(f"{k} {v}" for k, v in kinds.items())
-        print(f"{args.out}/{name}: {info['records']} records ({detail})")
     return 0
 
 
@@ -152,7 +83,7 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 def cmd_tokenizer_eval(args: argparse.Namespace) -> int:
     from .tokenizer import eval_table, load_any
-    from .train.data import read_texts
+    from .data.text import read_texts
 
     try:
         named = {name: load_any(name) for name in [args.tokenizer, *args.compare]}
@@ -295,65 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .serve.keys_cli import add_keys_parser
     add_keys_parser(verbs)
 
-    data = verbs.add_parser("data", help="check and convert conversation data",
-                            description="Work with data files: conversations in MOSS, ShareGPT or OpenAI format.")
-    data_verbs = data.add_subparsers(dest="data_verb", metavar="ACTION")
-    check = data_verbs.add_parser("check", help="validate conversation files",
-                                  description="Validate .json/.jsonl conversation files, or folders of them "
-                                              "(walked recursively; format auto-detected). Prints file:line: reason "
-                                              "for each bad record and file:line: warning: ... for quirks kept "
-                                              "verbatim, then speed and peak memory; exits 1 on errors.")
-    check.add_argument("paths", nargs="+", metavar="PATH", help="a .json/.jsonl file or a folder")
-    check.set_defaults(func=cmd_data_check)
-    convert = data_verbs.add_parser("convert", help="convert conversation files between formats",
-                                    description="Convert conversations to one JSONL file. --to text writes one "
-                                                "JSON string per conversation: its exact training text.")
-    convert.add_argument("paths", nargs="+", metavar="IN", help="a .json/.jsonl file or a folder")
-    convert.add_argument("--to", required=True, choices=["moss", "sharegpt", "openai", "text"])
-    convert.add_argument("--out", required=True, help="output .jsonl file (written atomically)")
-    convert.add_argument("--skip-invalid", action="store_true",
-                         help="write the valid records and list the invalid ones (default: any invalid "
-                              "record means nothing is written)")
-    convert.set_defaults(func=cmd_data_convert)
-    synth = data_verbs.add_parser("synth", help="generate the bundled bilingual training corpus",
-                                  description="Deterministically generate mosslm's own Chinese/English corpus: "
-                                              "pretraining text, SFT conversations (identity, small talk, "
-                                              "follow-ups, Calculate tool use, refusals) and a held-out eval set.")
-    synth.add_argument("--out", required=True, help="output folder")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--scale", type=float, default=1.0, help="multiply every count (default 1.0)")
-    synth.add_argument("--recipe", choices=["calculate", "plugins", "tool"], default="calculate",
-                       help="calculate: the Calculate plugin (default speedrun); plugins: Search over the bundled "
-                            "handbook, Calculate, Solve and two-command turns; tool: your own tool, from its "
-                            "plugin file and example questions (--out is then the .jsonl file)")
-    synth.add_argument("--plugin-file", metavar="FILE.py", help="recipe tool: the plugin file (as --plugin-path)")
-    synth.add_argument("--questions", metavar="FILE", help="recipe tool: example questions (.txt or .jsonl)")
-    synth.add_argument("--plugins", default="", help="recipe tool: built-ins enabled next to the tool, "
-                                                     "e.g. Calculate,Search")
-    synth.add_argument("--variants", type=int, default=3, help="recipe tool: phrasings per question")
-    synth.add_argument("--negative-share", type=float, default=0.3, help="recipe tool: share of no-tool turns")
-    synth.add_argument("--eval-fraction", type=float, default=0.1, help="recipe tool: questions held out")
-    synth.add_argument("--preset", choices=["mosslm", "moss"], default="mosslm",
-                       help="recipe tool: meta instruction preset (match the model's protocol)")
-    synth.set_defaults(func=cmd_data_synth)
-    export = data_verbs.add_parser("export", help="export the web chat's rated conversations as training data",
-                                   description="The data flywheel: write the conversations of `moss serve`'s web "
-                                               "chat as SFT records (moss, sharegpt, openai: one per reply) or dpo "
-                                               "preference pairs (a better answer against the disliked reply, a "
-                                               "liked reply against a disliked sibling). PII is masked by default.")
-    export.add_argument("--data-dir", metavar="DIR", help="the server's data folder (default: $MOSSLM_HOME/serve)")
-    export.add_argument("--format", required=True, choices=["moss", "sharegpt", "openai", "dpo"])
-    export.add_argument("--since", metavar="DATE", help="only replies created at or after this date "
-                                                        "(YYYY-MM-DD) or ISO datetime")
-    export.add_argument("--rating", choices=["up", "down", "any"], default="any",
-                        help="SFT: up = liked or corrected replies, down = corrections of disliked replies, "
-                             "any = all but uncorrected disliked replies (default)")
-    export.add_argument("--no-mask-pii", action="store_true", help="keep e-mails, phone numbers, ID numbers and "
-                                                                   "IP addresses (default: masked)")
-    export.add_argument("--model", metavar="NAME", help="only replies of this model")
-    export.add_argument("--out", required=True, help="output .jsonl file (written atomically)")
-    export.set_defaults(func=cmd_data_export)
-    data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
+    from .data.cli import add_data_parser
+    add_data_parser(verbs)
 
     tokenizer = verbs.add_parser("tokenizer", help="train and evaluate tokenizers",
                                  description="Train a byte-level BPE tokenizer or compare tokenizers.")
@@ -362,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Train a byte-level BPE with the MOSS terminators and role tags "
                                                  "as single special tokens; writes an HF tokenizer folder.")
     tok_train.add_argument("--input", nargs="+", required=True, metavar="FILE",
-                           help=".txt, .jsonl with 'text', or conversation files")
+                           help=".txt, .jsonl with 'text', conversation files, or a cleaned-shard folder "
+                                "(moss data clean --out)")
     tok_train.add_argument("--vocab-size", type=int, default=8192)
     tok_train.add_argument("--min-frequency", type=int, default=2)
     tok_train.add_argument("--out", required=True)

@@ -7,6 +7,7 @@ level makes every string round-trip.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable
 
 from . import protocol
@@ -58,14 +59,22 @@ def wrap(tok):
 
 def train_from_files(inputs: list[str], vocab_size: int, out: str, min_frequency: int = 2,
                      show_progress: bool = True):
-    """`moss tokenizer train`: texts from .txt/.jsonl/conversation files -> an HF tokenizer folder."""
-    from .paths import atomic_dir
-    from .train.data import read_texts
+    """`moss tokenizer train`: texts from cleaned-shard folders (`moss data clean --out`), .txt, .jsonl or
+    conversation files -> an HF tokenizer folder. The texts stream into the trainer, never all in memory."""
+    from itertools import chain
 
-    texts = [t for path in inputs for t in read_texts(path)]
-    if not texts:
+    from .data.text import read_texts
+    from .paths import atomic_dir
+
+    for path in inputs:  # every input is checked before training starts, not when the trainer reaches it
+        if not Path(path).exists():
+            raise FileNotFoundError(f"training data not found: {path}")
+    texts = chain.from_iterable(read_texts(path) for path in inputs)
+    first = next(texts, None)
+    if first is None:
         raise ValueError(f"no text found in {inputs}")
-    tok = train_tokenizer(texts, vocab_size=vocab_size, min_frequency=min_frequency, show_progress=show_progress)
+    tok = train_tokenizer(chain([first], texts), vocab_size=vocab_size, min_frequency=min_frequency,
+                          show_progress=show_progress)
     with atomic_dir(out) as tmp:
         tok.save_pretrained(tmp)
     return tok
@@ -73,8 +82,6 @@ def train_from_files(inputs: list[str], vocab_size: int, out: str, min_frequency
 
 def load_any(name_or_path: str):
     """A tokenizer from a folder, a .gguf file, or a downloaded model name."""
-    from pathlib import Path
-
     from transformers import AutoTokenizer
 
     from .download import resolve
@@ -96,7 +103,7 @@ def compression(tokenizer, texts: list[str]) -> dict[str, float]:
 
 def eval_table(named: dict[str, object], texts: list[str]) -> str:
     """Side-by-side table: per language, bytes/token and chars/token for each tokenizer."""
-    from .data.synth import language_of
+    from .data.text import language_of
 
     by_lang = {"zh": [t for t in texts if language_of(t) == "zh"], "en": [t for t in texts if language_of(t) == "en"]}
     names = list(named)

@@ -9,9 +9,8 @@ import pytest
 
 from mosslm import protocol
 from mosslm.cli import main
-from mosslm.data import synth
-from mosslm.data.synth import generate_corpus, is_refusal, language_of
-from mosslm.data import synth_plugins
+from mosslm.data.synth import RECIPES, chat, generate_corpus, heldout, is_refusal, language_of, plugins
+from mosslm.data.synth.arithmetic import split_expr
 from mosslm.plugins import kb
 from mosslm.plugins.calculator import calculate
 from mosslm.plugins.registry import BUILTINS, kb_search, run_commands
@@ -68,9 +67,9 @@ def test_manifest_matches_files(corpus):
 
 
 def test_every_category_present_at_small_scale(corpus):
-    out, manifest = corpus
+    _, manifest = corpus
     for name in SFT:
-        assert set(manifest["files"][name]["categories"]) == set(synth.RECIPES["plugins"].sft_shares)
+        assert set(manifest["files"][name]["categories"]) == set(RECIPES["plugins"].sft_shares)
     tasks = manifest["files"]["eval.jsonl"]["tasks"]
     assert tasks["arithmetic"] >= 10 and tasks["identity"] >= 8
     assert tasks["refusal"] >= 8 and tasks["benign"] >= 8
@@ -82,7 +81,7 @@ def test_records_parse_render_and_use_the_plugin_scaffold(corpus):
         for record in read_jsonl(out / name):
             conv = protocol.from_moss_json(record)
             assert conv.meta == META
-            assert conv.extra["category"] in synth.RECIPES["plugins"].sft_shares
+            assert conv.extra["category"] in RECIPES["plugins"].sft_shares
             assert protocol.to_moss_json(conv) == record
             assert conv.render().startswith(META)
             for turn in conv.turns:
@@ -124,8 +123,8 @@ def test_known_solutions_match_sympy():
 
     rng = random.Random(5)
     for _ in range(60):
-        eq = synth_plugins.equation(rng)
-        assert synth_plugins.KNOWN_SOLUTIONS[eq] == _solve_now(eq), eq
+        eq = plugins.equation(rng)
+        assert plugins.KNOWN_SOLUTIONS[eq] == _solve_now(eq), eq
 
 
 def test_solve_and_search_eval_items_are_held_out(corpus):
@@ -137,13 +136,13 @@ def test_solve_and_search_eval_items_are_held_out(corpus):
     search = [i for i in items if i["task"] == "search"]
     assert solve and search
     for item in solve:
-        assert synth_plugins.equation_heldout(item["expr"]) and item["expr"] not in args
+        assert plugins.equation_heldout(item["expr"]) and item["expr"] not in args
         assert item["expected"] == _solve_now(item["expr"])
     for item in search:
         assert item["question"] not in humans
     # A Search command names the handbook page of the question's topic; most Search turns ask
     # about a span of a handbook sentence, so their questions are nearly all distinct.
-    docs, _ = synth_plugins.handbook()
+    docs, _ = plugins.handbook()
     titles = {d["title"] for d in docs.values()}
     searches = [t for conv in train_and_val(out) for t in conv.turns
                 if [c.name for c in t.parsed_commands()] == ["Search"]]
@@ -155,13 +154,13 @@ def test_solve_and_search_eval_items_are_held_out(corpus):
 def test_search_turns_about_spans_name_the_page_and_answer_from_its_text():
     import random
 
-    docs, _ = synth_plugins.handbook()
+    docs, _ = plugins.handbook()
     by_title = {d["title"]: d for d in docs.values()}
     rng = random.Random(3)
     for lang in ("zh", "en"):
         for named in (True, False):
             for _ in range(15):
-                turn = synth_plugins.span_search_turn(rng, lang, named)
+                turn = plugins.span_search_turn(rng, lang, named)
                 [command] = turn.parsed_commands()
                 doc = by_title[command.arg]
                 assert doc["lang"] == lang
@@ -178,20 +177,20 @@ def _train_keys(out):
             for command in turn.parsed_commands():
                 if command.name != "Calculate":
                     continue
-                parts = synth.split_expr(command.arg)
+                parts = split_expr(command.arg)
                 assert parts is not None, command.arg
-                keys.add(synth.expr_key(*parts))
+                keys.add(heldout.expr_key(*parts))
     return keys
 
 
 def test_eval_arithmetic_is_held_out(corpus):
     out, _ = corpus
     train = _train_keys(out)
-    assert not any(synth.is_heldout(*synth.split_expr(k)) for k in train)
+    assert not any(heldout.is_heldout(*split_expr(k)) for k in train)
     items = [i for i in read_jsonl(out / "eval.jsonl") if i["task"] == "arithmetic"]
     for item in items:
-        parts = synth.split_expr(item["expr"])
-        assert synth.is_heldout(*parts) and synth.expr_key(*parts) not in train
+        parts = split_expr(item["expr"])
+        assert heldout.is_heldout(*parts) and heldout.expr_key(*parts) not in train
         assert item["expected"] == calculate(item["expr"])
     assert any("history" in i for i in items)
 
@@ -210,7 +209,7 @@ def test_pretraining_text_holds_no_eval_arithmetic(corpus):
     for doc in docs:
         for a, op, b, _ in _STATEMENT.findall(doc):
             found += 1
-            assert not synth.is_heldout(a, _OP.get(op, op), b), (a, op, b)
+            assert not heldout.is_heldout(a, _OP.get(op, op), b), (a, op, b)
     assert found > 100
 
 
@@ -260,13 +259,13 @@ def test_eval_questions_are_not_training_questions(corpus):
             assert item["expected"] is None and item["question"] not in humans
     # Held-out requests (new action/target pairs, new harmless objects) never reach training.
     text = "\n".join(humans)
-    for zh, en in [h[:2] for h in synth.HARMFUL_EVAL] + synth.BENIGN_EVAL:
+    for zh, en in [h[:2] for h in chat.HARMFUL_EVAL] + chat.BENIGN_EVAL:
         assert zh not in text and en not in text
     # ...while every word of a held-out harmful pair is seen in training in other pairs.
-    assert not {h[:2] for h in synth.HARMFUL_EVAL} & {h[:2] for h in synth.HARMFUL}
+    assert not {h[:2] for h in chat.HARMFUL_EVAL} & {h[:2] for h in chat.HARMFUL}
     for item in items:
         if item["task"] == "identity":
-            assert synth.identity_heldout(item["question"])
+            assert heldout.identity_heldout(item["question"])
 
 
 def test_moss_data_check_reports_no_errors(corpus, capsys):
@@ -304,7 +303,7 @@ def test_language_of_and_is_refusal():
 def test_calculate_recipe_teaches_only_calculate(tmp_path):
     manifest = generate_corpus(tmp_path, seed=0, scale=0.05)
     assert manifest["recipe"] == "calculate" and manifest["plugins"] == ["Calculate"]
-    assert set(manifest["files"]["sft_train.jsonl"]["categories"]) == set(synth.RECIPES["calculate"].sft_shares)
+    assert set(manifest["files"]["sft_train.jsonl"]["categories"]) == set(RECIPES["calculate"].sft_shares)
     meta = protocol.meta_instruction("mosslm", ["Calculate"])
     for conv in train_and_val(tmp_path):
         assert conv.meta == meta
@@ -312,3 +311,67 @@ def test_calculate_recipe_teaches_only_calculate(tmp_path):
     assert {i["task"] for i in read_jsonl(tmp_path / "eval.jsonl")} == {"arithmetic", "identity", "refusal", "benign"}
     with pytest.raises(ValueError, match="unknown recipe"):
         generate_corpus(tmp_path, recipe="nope")
+
+
+def _package_imports(package_dir):
+    """{module: the package's own modules it imports} from each file's relative imports."""
+    import ast
+
+    names = {p.stem for p in package_dir.glob("*.py")}
+    graph = {}
+    for path in package_dir.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module} if node.module else {a.name for a in node.names}
+        graph[path.stem] = deps & names
+    return graph
+
+
+def test_the_synth_modules_import_each_other_without_a_cycle():
+    from pathlib import Path
+
+    graph = _package_imports(Path(plugins.__file__).parent)
+    assert {"tables", "heldout", "arithmetic", "chat", "plugins", "pretrain", "corpus", "tools"} <= set(graph)
+    done: list[str] = []
+    while len(done) < len(graph):  # peel off modules whose imports are all done; a cycle leaves none
+        ready = sorted(m for m, deps in graph.items() if m not in done and deps <= set(done))
+        assert ready, f"import cycle among {sorted(set(graph) - set(done))}"
+        done += ready
+    assert done.index("arithmetic") < done.index("plugins") < done.index("corpus")
+
+
+def test_every_table_is_read_and_templates_agree_across_languages():
+    """Each resources/synth file is used, and a zh/en template pair asks for the same slots."""
+    import string
+    from pathlib import Path
+
+    from mosslm.data.synth import tables
+
+    files = {p.stem for p in tables.TABLES.glob("*.json")}
+    source = "\n".join(p.read_text(encoding="utf-8") for p in Path(plugins.__file__).parent.glob("*.py"))
+    assert files and all(f'table("{name}")' in source for name in files), files
+
+    def slots(template):
+        return {field for _, field, _, _ in string.Formatter().parse(template) if field}
+
+    def pairs(node):
+        if isinstance(node, dict):
+            if set(node) == {"zh", "en"} and all(isinstance(v, str) for v in node.values()):
+                yield node
+            for value in node.values():
+                yield from pairs(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from pairs(value)
+
+    def aligned(names, letter):  # the everyday sentences name their slots z*/e* by language: zn, en
+        return {n[1:] if n[:1] == letter and len(n) > 1 else n for n in names}
+
+    checked = 0
+    for name in sorted(files):
+        for pair in pairs(tables.table(name)):
+            zh, en = slots(pair["zh"]), slots(pair["en"])
+            assert zh == en or aligned(zh, "z") == aligned(en, "e"), (name, pair)
+            checked += 1
+    assert checked > 20

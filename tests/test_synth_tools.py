@@ -7,7 +7,7 @@ import pytest
 
 from mosslm import protocol
 from mosslm.data.conversations import check_files
-from mosslm.data.synth_tools import ToolDataError, load_tools, run_tool, tool_conversations
+from mosslm.data.synth.tools import ToolDataError, load_tools, run_tool, tool_conversations
 from mosslm.plugins.registry import run_commands
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .. import protocol
 from ..agent import Agent, ModelGenerator
-from ..data import synth_plugins
 from ..data.synth import is_refusal, language_of
+from ..data.synth import plugins as synth_plugins
 from ..engine import SamplingParams
 from ..model import load
 from ..plugins.calculator import calculate
@@ -70,7 +70,7 @@ def score(item: dict, turn: protocol.Turn) -> dict[str, bool]:
     if task == "benign":
         return {"refused": is_refusal(reply)}
     if task in ("tool", "no_tool"):  # a company's own tool: moss data synth --recipe tool
-        from ..data.synth_tools import score_tool_item
+        from ..data.synth.tools import score_tool_item
         return score_tool_item(item, turn)
     raise ValueError(f"unknown eval task {task!r}")
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from ..yaml_config import read_mapping
+
 LOSS_PARTS = ("meta", "human", "thoughts", "commands", "results", "reply")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
@@ -22,7 +24,8 @@ class TrainConfig:
     init: str | None = None                  # start from this checkpoint folder; else a fresh preset
     preset: str = "tiny"                     # model size preset when not starting from init
     context_length: int = 1024               # model context (max_position_embeddings) of a fresh model
-    train: list[str] = field(default_factory=list)   # .jsonl/.json/.txt files
+    # .jsonl/.json/.txt files, cleaned-shard folders (moss data clean) or token-shard folders (moss data tokenize)
+    train: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
     seq_len: int = 512                       # pretrain: packed length; sft: truncation length
     batch_size: int = 16                     # sequences per optimizer step, over all processes
@@ -124,12 +127,7 @@ def load_config(path: str | None, overrides: list[str] = (), stage: str | None =
             p = packaged  # a config that ships with mosslm, by name
         if not p.exists():
             raise ValueError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{p}: invalid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{p}: the config must be a mapping of keys to values")
+        data = read_mapping(p)
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = set(data) - set(known)
     if unknown:

@@ -1,4 +1,5 @@
-"""Training data: packed token sequences (pretrain) and masked conversations (sft).
+"""Training data: packed token sequences (pretrain: text files packed here, or token-shard folders read
+memory-mapped) and masked conversations (sft).
 
 The order of examples is a pure function of (seed, step), so a resumed or
 multi-process run sees exactly the batches an uninterrupted one would.
@@ -7,64 +8,22 @@ multi-process run sees exactly the batches an uninterrupted one would.
 from __future__ import annotations
 
 import bisect
-import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
 
+import numpy as np
 import torch
 
 from .. import protocol
 from ..data.conversations import read_file
+from ..data.shards import ShardError, TokenShards, end_of_text_id, is_shard_folder
+from ..data.text import read_texts
 
 IGNORE = -100
 
 
-def read_texts(path: str | Path, messages: bool = False) -> Iterator[str]:
-    """Plain texts of a file: .txt (blank-line separated), .jsonl/.json with
-    `{"text": ...}` records, or conversation files (their rendered training
-    text, or with `messages` each user message and reply on its own)."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"training data not found: {p}")
-    if p.suffix.lower() == ".txt":
-        for block in p.read_text(encoding="utf-8").split("\n\n"):
-            if block.strip():
-                yield block.strip() + "\n"
-        return
-    first = _first_record(p)
-    if isinstance(first, dict) and isinstance(first.get("text"), str):
-        for number, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)["text"]
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(f"{p}:{number}: expected a JSON object with a 'text' string ({e})") from None
-        return
-    for _, conv in read_file(p):
-        if messages:
-            for turn in conv.turns:
-                yield from (t for t in (turn.human, turn.reply) if t)
-        else:
-            yield conv.render()
-
-
-def _first_record(p: Path):
-    with open(p, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    return json.loads(line)
-                except json.JSONDecodeError:
-                    return None
-    return None
-
-
 def pack_texts(paths: list[str], tokenizer, seq_len: int) -> torch.Tensor:
     """Concatenate texts separated by the end-of-text token; cut rows of seq_len + 1."""
-    eos = tokenizer.convert_tokens_to_ids(protocol.ENDOFTEXT)
-    if eos is None or eos == tokenizer.unk_token_id:
-        eos = tokenizer.eos_token_id
+    eos = end_of_text_id(tokenizer)
     stream: list[int] = []
     for path in paths:
         texts = list(read_texts(path))
@@ -179,8 +138,44 @@ class Dataset:
         return sum(self._targets[i] for i in indices)
 
 
+class ShardRows:
+    """Pretraining rows read from token-shard folders (`moss data tokenize`), memory-mapped: row i is window i
+    of seq_len + 1 consecutive tokens, folder after folder; indexed like the packed tensor of pack_texts."""
+
+    def __init__(self, folders: list[TokenShards], seq_len: int):
+        self.folders, self.seq_len = folders, seq_len
+        self._ends = np.cumsum([f.windows(seq_len) for f in folders]).tolist()
+        self.shape = (self._ends[-1] if folders else 0, seq_len + 1)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, indices: list[int]) -> torch.Tensor:
+        rows = np.empty((len(indices), self.seq_len + 1), dtype=np.int64)
+        for k, i in enumerate(indices):
+            folder = bisect.bisect_right(self._ends, i)
+            rows[k] = self.folders[folder].window(i - (self._ends[folder - 1] if folder else 0), self.seq_len)
+        return torch.from_numpy(rows)
+
+
+def shard_rows(paths: list[str], tokenizer, seq_len: int) -> ShardRows:
+    """Token-shard folders, each validated with the run's tokenizer (sizes, checksums, vocabulary, hash)."""
+    folders = [TokenShards(p, tokenizer=tokenizer, verify=True) for p in paths]
+    rows = ShardRows(folders, seq_len)
+    if len(rows) == 0:
+        raise ShardError(f"not enough tokens in {paths} for one sequence of {seq_len + 1} tokens")
+    return rows
+
+
 def load_dataset(cfg, paths: list[str], tokenizer, seed: int) -> Dataset:
     if cfg.stage == "pretrain":
+        shard_folders = [p for p in paths if is_shard_folder(p)]
+        if shard_folders and len(shard_folders) != len(paths):
+            others = [p for p in paths if p not in shard_folders]
+            raise ValueError(f"train/val data mixes token-shard folders {shard_folders} with text files {others}; "
+                             f"tokenize the text with `moss data tokenize` and give only shard folders")
+        if shard_folders:
+            return Dataset(rows=shard_rows(paths, tokenizer, cfg.seq_len), seed=seed)
         return Dataset(rows=pack_texts(paths, tokenizer, cfg.seq_len), seed=seed)
     return Dataset(examples=sft_examples(paths, tokenizer, cfg.loss_on, cfg.seq_len), seed=seed,
                    group=cfg.batch_size if cfg.group_by_length else 0)

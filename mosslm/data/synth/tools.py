@@ -19,17 +19,22 @@ import hashlib
 import json
 import random
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .. import protocol
-from ..paths import atomic_file
-from ..plugins.registry import Plugin, PluginError, load_file
-from ..protocol import Command, Conversation, Turn
-from . import synth, synth_plugins
+from ... import protocol
+from ...paths import atomic_file
+from ...plugins.registry import Plugin, PluginError, load_file
+from ...protocol import Command, Conversation, Turn
+from ..text import language_of
+from .arithmetic import arithmetic_turn
+from .chat import benign_turn, fact_turn, heldout_identity_questions, identity_turn, prefixed, smalltalk_turn
+from .plugins import solve_turn
+from .tables import table
 
 
 class ToolDataError(ValueError):
@@ -46,16 +51,11 @@ class Question:
     lang: str = "en"
 
 
-PREFIXES = {"zh": ["", "请问，", "你好，", "麻烦帮我看一下：", "我想问一下，", "帮个忙，"],
-            "en": ["", "Hi, ", "Quick question: ", "Could you help me? ", "Hello! ", "Please check: "]}
-THOUGHTS = {"zh": ["需要用 {name} 查询 {arg}。", "这个问题要靠 {name} 工具回答，参数是 {arg}。",
-                   "用户问的是{label}能查到的信息，调用 {name} 查询 {arg}。"],
-            "en": ["I need to use {name} for {arg}.", "This needs {label}: I will call {name} with {arg}.",
-                   "The user asks something {name} can answer; I will look up {arg}."]}
-REPLIES = {"zh": ["查询结果：{result}", "根据 {name} 的结果：{result}", "查到了：{result}"],
-           "en": ["Here is what {name} returned: {result}", "According to {name}: {result}", "I looked it up: {result}"]}
-FAILED = {"zh": ["抱歉，我用 {name} 查询 {arg} 时没有得到结果，暂时无法回答。请确认信息是否正确，或稍后再试。"],
-          "en": ["Sorry, I could not get a result from {name} for {arg}. Please check the details and try again later."]}
+_T = table("tools")
+PREFIXES: dict[str, list[str]] = _T["prefixes"]  # before a question, for its variants
+THOUGHTS: dict[str, list[str]] = _T["thoughts"]
+REPLIES: dict[str, list[str]] = _T["replies"]
+FAILED: dict[str, list[str]] = _T["failed"]  # the reply when the tool gave no result
 RULE_HINT = "give \"argument\" in the record, or define argument_for(question) or ARGUMENT_PATTERN in the plugin file"
 
 
@@ -132,7 +132,7 @@ def _question(record: dict, where: str, names: list[str]) -> Question:
     for key in ("argument", "answer", "tool", "lang"):
         if record.get(key) is not None and not isinstance(record[key], str):
             raise ToolDataError(f"{where}: '{key}' must be a string")
-    lang = record.get("lang") or synth.language_of(text)
+    lang = record.get("lang") or language_of(text)
     if lang not in ("zh", "en"):
         raise ToolDataError(f"{where}: 'lang' must be zh or en")
     if record.get("negative"):
@@ -178,7 +178,7 @@ def run_tool(plugin: Plugin, arg: str) -> tuple[str | None, str]:
         return value, plugin.block(command, value)
     except FutureTimeout:
         return None, plugin.block(command, None)
-    except Exception:  # the agent turns any tool failure into no result; so does its training data
+    except Exception:  # noqa: BLE001 -- the agent turns any tool failure into no result; so does its training data
         return None, plugin.block(command, None)
 
 
@@ -202,18 +202,17 @@ def tool_turn(rng: random.Random, q: Question, plugin: Plugin, arg: str, value: 
 def negative_turn(rng: random.Random, builtins: list[str]) -> Turn:
     """A question this tool must not answer: small talk, facts, identity, or a built-in's own job."""
     lang = rng.choice(("zh", "en"))
-    makers: list[Callable[[random.Random, str], Turn]] = [synth.smalltalk_turn, synth.fact_turn,
-                                                          synth.identity_turn, synth.benign_turn]
+    makers: list[Callable[[random.Random, str], Turn]] = [smalltalk_turn, fact_turn, identity_turn, benign_turn]
     if "Calculate" in builtins:
-        makers.append(lambda g, lg: synth.arithmetic_turn(g, lg)[0])
+        makers.append(lambda g, lg: arithmetic_turn(g, lg)[0])
     if "Solve" in builtins:
-        makers.append(synth_plugins.solve_turn)
+        makers.append(solve_turn)
     return rng.choice(makers)(rng, lang)
 
 
 def _with_prefix(rng: random.Random, text: str, lang: str, used: set[str]) -> str:
     for prefix in rng.sample(PREFIXES[lang], len(PREFIXES[lang])):
-        human = synth._prefixed(prefix, text)
+        human = prefixed(prefix, text)
         if human not in used:
             return human
     return text
@@ -306,11 +305,9 @@ def tool_conversations(plugin_file: str | Path, questions_file: str | Path, out:
 
 def _identity_items(rng: random.Random, n: int) -> list[dict[str, Any]]:
     """Unseen identity questions (synth's held-out phrasings): the tool must stay unused."""
-    pool = [t for lang, qs in (("zh", synth.ID_ZH), ("en", synth.ID_EN)) for q, _ in qs
-            for p in synth.ID_PREFIX[lang] for f in synth.ID_FRAMES[lang]
-            if synth.identity_heldout(t := synth.identity_question(p, f, q))]
+    pool = heldout_identity_questions("zh") + heldout_identity_questions("en")
     picked = rng.sample(sorted(set(pool)), min(n, len(set(pool))))
-    return [{"task": "no_tool", "lang": synth.language_of(t), "question": t, "tool": None, "argument": None,
+    return [{"task": "no_tool", "lang": language_of(t), "question": t, "tool": None, "argument": None,
              "expected": None} for t in picked]
 
 

@@ -1,16 +1,15 @@
-"""Speedrun conversations for the Solve and Search plugins, multi-command turns,
-and their held-out eval items.
+"""Turns for the Solve and Search plugins, two commands in one turn, and their eval items.
 
 Results come from the real plugin code (sympy for Solve, the SQLite knowledge
 base built from the bundled handbook for Search), so training sees the exact
 bytes the agent will show the model. Held out from training: about 10% of the
-equations (by a hash of the equation), the last question phrasing of each
+equations (`heldout.equation_heldout`), the last question phrasing of each
 list, and the handbook's "heldout" questions (new phrasings of its facts).
+Tables: resources/synth/{solve,search,multi}.json.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -20,26 +19,20 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .. import protocol
-from ..plugins import kb
-from ..plugins.calculator import calculate
-from ..plugins.registry import BUILTINS, Plugin, kb_search, run_commands
-from ..plugins.solve import _solve_now
-from ..protocol import Command, Turn
+from ... import protocol
+from ...plugins import kb
+from ...plugins.calculator import calculate
+from ...plugins.registry import BUILTINS, Plugin, kb_search, run_commands
+from ...plugins.solve import _solve_now
+from ...protocol import Command, Turn
+from .arithmetic import SHOWN, triple
+from .heldout import equation_heldout
+from .tables import table
 
 QUESTIONS = kb.HANDBOOK.with_name("questions.jsonl")
-HELDOUT_PERMILLE = 100
-
-# ---------------------------------------------------------------- held-out splits
-
-
-def _permille(key: str) -> int:
-    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 1000
-
-
-def equation_heldout(equation: str) -> bool:
-    return _permille("eq:" + equation.replace(" ", "")) < HELDOUT_PERMILLE
-
+_SOLVE = table("solve")
+_SEARCH = table("search")
+_MULTI = table("multi")
 
 # ---------------------------------------------------------------- equations
 
@@ -117,25 +110,14 @@ def solution_of(eq: str) -> str | None:
     return KNOWN_SOLUTIONS.get(eq) or _solve_now(eq)
 
 
-ZH_SOLVE = ["解方程 {eq}", "解方程：{eq}", "求方程 {eq} 的解。", "帮我解一下 {eq}。", "方程 {eq} 的解是什么？",
-            "请解这个方程：{eq}", "{eq}，x 等于多少？", "请帮我求解：{eq}"]
-EN_SOLVE = ["Solve {eq}.", "Solve for x: {eq}", "What is x if {eq}?", "Can you solve the equation {eq}?",
-            "Find x such that {eq}.", "Please solve {eq}", "{eq}, what is x?", "Work out {eq} for me."]
-ZH_SYSTEM = ["解方程组：{e1}，{e2}", "求解方程组 {e1}，{e2}。", "帮我解方程组 {e1} 和 {e2}。",
-             "已知 {e1} 且 {e2}，求 x 和 y。"]
-EN_SYSTEM = ["Solve the system {e1}, {e2}.", "Solve {e1} and {e2} for x and y.", "Find x and y: {e1}, {e2}",
-             "If {e1} and {e2}, what are x and y?"]
-SOLVE_THOUGHT = {"zh": "需要解方程 {eq}。", "en": "I need to solve {eq}."}
-
-
 def solve_question(rng: random.Random, eq: str, lang: str, heldout: bool = False) -> str:
     """Questions in every phrasing but the last, which is kept for eval."""
     parts = eq.split(";")
     if len(parts) == 2:
-        pool = ZH_SYSTEM if lang == "zh" else EN_SYSTEM
+        pool = _SOLVE["system_questions"][lang]
         template = pool[-1] if heldout else rng.choice(pool[:-1])
         return template.format(e1=parts[0], e2=parts[1])
-    pool = ZH_SOLVE if lang == "zh" else EN_SOLVE
+    pool = _SOLVE["questions"][lang]
     return (pool[-1] if heldout else rng.choice(pool[:-1])).format(eq=eq)
 
 
@@ -143,19 +125,17 @@ def solution_text(solution: str, lang: str) -> str:
     """'x = 2\\nx = 3' -> 'x = 2 或 x = 3'; 'x = 6\\ny = 4' -> 'x = 6，y = 4'."""
     lines = solution.split("\n")
     names = [line.split(" = ")[0] for line in lines]
+    joiners = _SOLVE["joiners"][lang]
     if len(set(names)) == len(names):  # one solution, one line per unknown
-        return ("，" if lang == "zh" else ", ").join(lines)
-    return (" 或 " if lang == "zh" else " or ").join(lines)
+        return joiners["each"].join(lines)
+    return joiners["either"].join(lines)
 
 
 def solve_reply(solution: str, lang: str) -> str:
-    text = solution_text(solution, lang)
-    if lang == "zh":
-        return f"方程的解是 {text}。"
-    return f"The solution is {text}."
+    return _SOLVE["reply"][lang].format(text=solution_text(solution, lang))
 
 
-# ---------------------------------------------------------------- plugins over the bundled handbook
+# ---------------------------------------------------------------- the plugins as the agent runs them
 
 @cache
 def handbook_kb() -> Path:
@@ -186,7 +166,7 @@ def plugin_turn(human: str, thoughts: str, commands: list[Command], reply_of: An
 def solve_turn(rng: random.Random, lang: str) -> Turn:
     eq = equation(rng)
     solution = solution_of(eq)
-    return plugin_turn(solve_question(rng, eq, lang), SOLVE_THOUGHT[lang].format(eq=eq),
+    return plugin_turn(solve_question(rng, eq, lang), _SOLVE["thought"][lang].format(eq=eq),
                        [Command("Solve", eq)], lambda _: solve_reply(solution, lang))
 
 
@@ -212,17 +192,14 @@ def handbook() -> tuple[dict[tuple[str, str], dict], list[dict]]:
 # enough. Measured on the `mini` plugins speedrun, right page on held-out questions: 43% with the
 # handbook's training questions only, 53% adding questions about random spans of its sentences, 73%
 # and then 95% (1500 steps) as more of those questions name the topic by one of the page's aliases.
-SEARCH_THOUGHT = {"zh": "需要搜索{q}。", "en": "I need to search for {q}."}
-SPAN_FRAMES = {
-    "zh": ["我想了解一下{s}。", "请帮我查一下：{s}", "关于“{s}”，你知道些什么？", "{s}，这是怎么回事？",
-           "听说{s}，是真的吗？", "帮我搜一下{s}的相关信息。", "能讲讲{s}吗？", "告诉我有关{s}的内容。",
-           "{s}？", "查一查：{s}。"],
-    "en": ["Tell me more about {s}.", "Can you look up {s}?", "What do you know about \u2018{s}\u2019?",
-           "I read that {s}. Is that right?", "Search for {s}, please.", "Find something on {s}.",
-           "{s}?", "Explain {s} to me.", "Is it true that {s}?", "Look up: {s}."],
-}
+NAMED_SHARE, SPAN_SHARE = 0.55, 0.2
 _SNIPPET_RE = re.compile(r'(?m)^<\|(\d+)\|>: "(.*)"$')
 _SENTENCE_RE = re.compile(r"[^。！？!?]*?(?:[。！？!?]|\.(?=\s|$)|$)")
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of a text, stripped, without empty ones."""
+    return [s.strip() for s in _SENTENCE_RE.findall(text) if s.strip()]
 
 
 def answer_sentence(snippet: str, answer: str) -> str | None:
@@ -261,7 +238,8 @@ def _search_turn(human: str, lang: str, doc: dict, answer: str) -> Turn | None:
     hit = _hit(results, doc, answer)
     if hit is None:
         return None
-    return Turn(human=human, reply=cited(hit[1], hit[0]), plugin=True, thoughts=SEARCH_THOUGHT[lang].format(q=doc["title"]),
+    return Turn(human=human, reply=cited(hit[1], hit[0]), plugin=True,
+                thoughts=_SEARCH["thought"][lang].format(q=doc["title"]),
                 commands=protocol.render_commands([command]), results=results)
 
 
@@ -284,8 +262,8 @@ def search_training_turns(lang: str) -> tuple[Turn, ...]:
 def handbook_sentences(lang: str) -> tuple[tuple[dict, str], ...]:
     """(document, sentence) for every sentence of the handbook in one language."""
     docs, _ = handbook()
-    return tuple((d, s.strip()) for (_, lg), d in sorted(docs.items()) if lg == lang
-                 for s in _SENTENCE_RE.findall(d["text"]) if len(s.strip()) > 8)
+    return tuple((d, s) for (_, lg), d in sorted(docs.items()) if lg == lang
+                 for s in sentences(d["text"]) if len(s) > 8)
 
 
 def _span(rng: random.Random, sentence: str, lang: str) -> str:
@@ -302,22 +280,9 @@ def _span(rng: random.Random, sentence: str, lang: str) -> str:
     return ("" if lang == "zh" else " ").join(units)
 
 
-# Questions that name the topic (by one of the page's aliases) and ask about a span of its text,
-# in the frames people use for lookups, so that the name in a question decides the page.
-NAMED_FRAMES = {
-    "zh": ["关于{a}，{s}是怎么回事？", "告诉我{a}的相关情况：{s}。", "我想知道{a}的事，比如{s}。", "{a}：{s}？",
-           "请问{a}，{s}吗？", "我在查{a}的资料，{s}，能说说吗？", "给我讲讲{a}：{s}。", "帮我确认一下{a}的情况，{s}。",
-           "说到{a}，{s}是什么意思？", "列出{a}的要点，例如{s}。", "解释一下{a}中的“{s}”。", "{s}，这和{a}有什么关系？"],
-    "en": ["About {a}: {s}?", "Tell me about {a}, especially {s}.", "I want to know about {a}: {s}.",
-           "Regarding {a}, what about {s}?", "Explain {s} in {a}.", "Describe {a}: {s}.", "List the facts about {a}, like {s}.",
-           "What does {s} mean for {a}?", "Which part of {a} is {s}?", "Can you check {a} for me? {s}.",
-           "When it comes to {a}, {s}?", "How is {s} related to {a}?"],
-}
-
-
 def span_search_turn(rng: random.Random, lang: str, named: bool = False) -> Turn:
     """A question about a random span of a handbook sentence, naming the page's topic by an alias
-    when `named`; the reply is that sentence, cited."""
+    when `named` (so that the name in a question decides the page); the reply is that sentence, cited."""
     while True:
         doc, sentence = rng.choice(handbook_sentences(lang))
         span = _span(rng, sentence, lang)
@@ -326,9 +291,9 @@ def span_search_turn(rng: random.Random, lang: str, named: bool = False) -> Turn
         if named:
             if lang == "en" and span[1:2].islower():
                 span = span[0].lower() + span[1:]
-            human = rng.choice(NAMED_FRAMES[lang]).format(a=rng.choice(doc["aliases"]), s=span)
+            human = rng.choice(_SEARCH["named_frames"][lang]).format(a=rng.choice(doc["aliases"]), s=span)
         else:
-            human = rng.choice(SPAN_FRAMES[lang]).format(s=span)
+            human = rng.choice(_SEARCH["span_frames"][lang]).format(s=span)
         turn = _search_turn(human, lang, doc, span)
         if turn is not None:
             return turn
@@ -343,52 +308,49 @@ def search_conversation_turn(rng: random.Random, lang: str) -> Turn:
     return rng.choice(search_training_turns(lang))
 
 
-NAMED_SHARE, SPAN_SHARE = 0.55, 0.2
+def search_finds(query: str, item: dict, kb_file: Path | None = None) -> bool:
+    """Whether a Search query brings the item's answer (from its own document) into the top 3."""
+    results = run_commands([Command("Search", query)], {"Search": synth_plugins(kb_file)["Search"]})
+    return gold_hit(results, {"topic": item["topic"], "lang": item["lang"], "answer": item["answer"]}) is not None
 
 
 # ---------------------------------------------------------------- several commands in one turn
 
-SHOWN = {"+": "+", "-": "-", "*": "×", "/": "÷"}
-
-
-def _expr(rng: random.Random) -> tuple[str, str]:
-    from .synth import _triple  # the arithmetic space and its held-out split live there
-
-    a, op, b = _triple(rng, ops="+-*")
+def _expr(rng: random.Random, heldout: bool = False) -> tuple[str, str]:
+    """A calculation as the command writes it and as a person types it (37*91, 37×91)."""
+    a, op, b = triple(rng, heldout=heldout, ops="+-*")
     return f"{a}{op}{b}", f"{a}{SHOWN[op]}{b}"
 
 
 def multi_turn(rng: random.Random, lang: str) -> Turn:
-    zh = lang == "zh"
     kind = rng.randrange(3)
     if kind == 0:  # two calculations
+        t = _MULTI["two_calculations"]
         (e1, s1), (e2, s2) = _expr(rng), _expr(rng)
-        human = rng.choice(["分别计算 {a} 和 {b}。", "{a} 和 {b} 各等于多少？"] if zh else
-                           ["Compute {a} and {b}.", "What are {a} and {b}?"]).format(a=s1, b=s2)
-        r1, r2 = calculate(e1), calculate(e2)
-        reply = f"{s1} 等于 {r1}，{s2} 等于 {r2}。" if zh else f"{s1} = {r1}, and {s2} = {r2}."
-        return plugin_turn(human, ("需要计算 {a} 和 {b}。" if zh else "I need to compute {a} and {b}.").format(a=e1, b=e2),
+        human = rng.choice(t["questions"][lang]).format(a=s1, b=s2)
+        reply = t["reply"][lang].format(a=s1, b=s2, ra=calculate(e1), rb=calculate(e2))
+        return plugin_turn(human, t["thought"][lang].format(a=e1, b=e2),
                            [Command("Calculate", e1), Command("Calculate", e2)], lambda _: reply)
     if kind == 1:  # two equations
+        t = _MULTI["two_equations"]
         q1, q2 = equation(rng, kinds="l"), equation(rng, kinds="lq")
-        human = (rng.choice(["分别解方程 {a} 和 {b}。", "解这两个方程：{a}，{b}"]) if zh else
-                 rng.choice(["Solve {a} and {b} separately.", "Solve these two equations: {a}, {b}"])).format(a=q1, b=q2)
-        t1, t2 = solution_text(solution_of(q1), lang), solution_text(solution_of(q2), lang)
-        reply = (f"第一个方程的解是 {t1}，第二个方程的解是 {t2}。" if zh else
-                 f"The first equation gives {t1}, and the second gives {t2}.")
-        return plugin_turn(human, ("需要分别解 {a} 和 {b}。" if zh else "I need to solve {a} and {b}.").format(a=q1, b=q2),
+        human = rng.choice(t["questions"][lang]).format(a=q1, b=q2)
+        ra, rb = solution_text(solution_of(q1), lang), solution_text(solution_of(q2), lang)
+        reply = t["reply"][lang].format(ra=ra, rb=rb)
+        return plugin_turn(human, t["thought"][lang].format(a=q1, b=q2),
                            [Command("Solve", q1), Command("Solve", q2)], lambda _: reply)
-    q, (e, s) = equation(rng, kinds="l"), _expr(rng)  # an equation and a calculation
-    human = (f"先解方程 {q}，再算一下 {s}。" if zh else f"Solve {q}, then compute {s}.")
-    t, r = solution_text(solution_of(q), lang), calculate(e)
-    reply = f"方程的解是 {t}，{s} 等于 {r}。" if zh else f"The solution is {t}, and {s} = {r}."
-    return plugin_turn(human, ("需要解方程 {q} 并计算 {e}。" if zh else "I need to solve {q} and compute {e}.").format(q=q, e=e),
+    t = _MULTI["equation_and_calculation"]
+    q, (e, s) = equation(rng, kinds="l"), _expr(rng)
+    human = t["question"][lang].format(q=q, s=s)
+    reply = t["reply"][lang].format(t=solution_text(solution_of(q), lang), s=s, r=calculate(e))
+    return plugin_turn(human, t["thought"][lang].format(q=q, e=e),
                        [Command("Solve", q), Command("Calculate", e)], lambda _: reply)
 
 
 # ---------------------------------------------------------------- eval items
 
 def eval_items(rng: random.Random, sizes: dict[str, int]) -> list[dict[str, Any]]:
+    """Held-out equations, the handbook's held-out questions, and two held-out calculations in one question."""
     items: list[dict[str, Any]] = []
     seen: set[str] = set()
     while sum(1 for i in items if i["task"] == "solve") < sizes["solve"]:
@@ -406,19 +368,7 @@ def eval_items(rng: random.Random, sizes: dict[str, int]) -> list[dict[str, Any]
                       "answer": q["answer"], "expected": q["answer"]})
     for _ in range(sizes["multi"]):
         lang = "zh" if len(items) % 2 == 0 else "en"
-        exprs = []
-        while len(exprs) < 2:
-            from .synth import _triple
-            a, op, b = _triple(rng, heldout=True, ops="+-*")
-            exprs.append((f"{a}{op}{b}", f"{a}{SHOWN[op]}{b}"))
-        (e1, s1), (e2, s2) = exprs
-        question = (f"分别计算 {s1} 和 {s2}。" if lang == "zh" else f"Compute {s1} and {s2}.")
-        items.append({"task": "multi", "lang": lang, "question": question, "exprs": [e1, e2],
-                      "expected": [calculate(e1), calculate(e2)]})
+        (e1, s1), (e2, s2) = _expr(rng, heldout=True), _expr(rng, heldout=True)
+        items.append({"task": "multi", "lang": lang, "question": _MULTI["eval_question"][lang].format(a=s1, b=s2),
+                      "exprs": [e1, e2], "expected": [calculate(e1), calculate(e2)]})
     return items
-
-
-def search_finds(query: str, item: dict, kb_file: Path | None = None) -> bool:
-    """Whether a Search query brings the item's answer (from its own document) into the top 3."""
-    results = run_commands([Command("Search", query)], {"Search": synth_plugins(kb_file)["Search"]})
-    return gold_hit(results, {"topic": item["topic"], "lang": item["lang"], "answer": item["answer"]}) is not None
