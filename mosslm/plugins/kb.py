@@ -84,7 +84,7 @@ def connect(name: str | Path) -> sqlite3.Connection:
 
 
 class _TextExtractor(HTMLParser):
-    """Visible text of an HTML page (used when trafilatura is not installed)."""
+    """The title and visible text of an HTML page (the text is used when trafilatura is not installed)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -156,14 +156,14 @@ def read_documents(path: Path) -> list[tuple[str, str, str]]:
                 raise KBError(f"{path}:{number}: expected a JSON object with a 'text' field") from None
         return docs
     if suffix in (".html", ".htm"):
+        parser = _TextExtractor()  # the page's <title> either way: it names the document in results
+        parser.feed(raw)
+        text, title = html.unescape("".join(parser.parts)), parser.title or path.stem
         try:
             import trafilatura  # well-kept main-text extraction, when installed
-            text = trafilatura.extract(raw) or ""
-            title = path.stem
+            text = trafilatura.extract(raw) or text
         except ImportError:
-            parser = _TextExtractor()
-            parser.feed(raw)
-            text, title = html.unescape("".join(parser.parts)), parser.title or path.stem
+            pass
         return [(title, path.resolve().as_uri(), text)]
     first = raw.lstrip().splitlines()[0] if raw.strip() else path.stem
     return [(first.lstrip("# ").strip()[:80] or path.stem, path.resolve().as_uri(), raw)]
