@@ -96,7 +96,9 @@ def phrase_table(name: str) -> PhraseTable:
     return PhraseTable(load_table(name))
 
 
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
+# Han (with extension A and compatibility ideographs), kana and Hangul: the characters counted one by one.
+CJK_CLASS = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
+_CJK = re.compile(f"[{CJK_CLASS}]")
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’.-][A-Za-z0-9]+)*")
 SENTENCE_END = "。！!；;.…"           # a line ending in one of these reads as prose, not as a headline or link
 _EDGE_DECOR = re.compile(r"^[\s·•●○◆◇■□▪▫►▶▸>»\-–—*+]+|[\s·•>»\-–—]+$")

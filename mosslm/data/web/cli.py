@@ -43,15 +43,10 @@ def cmd_clean(args: argparse.Namespace) -> int:
         print(f"moss data clean needs the data extra ({', '.join(missing)} missing): pip install 'mosslm[data]'",
               file=sys.stderr)
         return 2
-    try:
-        from .dedup import DedupIndexError
-        from .ingest import IngestError
-        from .pipeline import clean
-        from .steps import ConfigError, load_config
-    except ImportError as e:
-        print(f"moss data clean needs the data extra ({e.name or e} is missing): pip install 'mosslm[data]'",
-              file=sys.stderr)
-        return 2
+    from .dedup import DedupIndexError
+    from .ingest import IngestError
+    from .pipeline import clean
+    from .steps import ConfigError, load_config
 
     overrides: dict[str, dict] = {}
     if args.text_field:

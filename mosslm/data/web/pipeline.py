@@ -12,6 +12,7 @@ Memory stays bounded: at most workers + 1 shards are in flight.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -27,7 +28,7 @@ from .dedup import DedupIndex
 from .document import BadRecord, RawRecord
 from .ingest import input_files, read_records
 from .report import write_report
-from .steps import CleanConfig, ShardResult, clean_shard, config_dict
+from .steps import CleanConfig, ShardResult, add_sample, clean_shard, excerpt
 
 
 @dataclass
@@ -90,9 +91,10 @@ def _finish_shard(shard: Shard, result: ShardResult, index: DedupIndex, out: Pat
         if match:
             rule, first, jaccard = match
             drops[rule] += 1
-            if explain and sum(1 for s in dropped_samples if s["rule"] == rule) < explain:
-                dropped_samples.append({"rule": rule, "detail": f"duplicate of {first} (estimated Jaccard "
-                                        f"{jaccard:.2f})", "id": doc.id, "text": doc.text[:600]})
+            if explain:
+                detail = f"duplicate of {first} (estimated Jaccard {jaccard:.2f})"
+                add_sample(dropped_samples, explain, {"rule": rule, "detail": detail, "id": doc.id,
+                                                      "text": excerpt(doc.text)})
             continue
         index.add(doc.id, sig)
         kept_docs.append(doc)
@@ -123,7 +125,7 @@ def clean(paths: list[str], out: str | Path, cfg: CleanConfig, workers: int = 1,
     if explain:
         (out / "explain").mkdir(exist_ok=True)
     config_file = out / "config.json"
-    _write_atomic(config_file, [json.dumps(config_dict(cfg), ensure_ascii=False, indent=2, default=str) + "\n"])
+    _write_atomic(config_file, [json.dumps(dataclasses.asdict(cfg), ensure_ascii=False, indent=2, default=str) + "\n"])
     index = DedupIndex(Path(index_path) if index_path else out / "dedup.sqlite", cfg.dedup)
     started = time.time()
     done = index.done()

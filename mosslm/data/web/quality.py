@@ -17,15 +17,15 @@ from functools import cache
 from itertools import compress
 from typing import Any
 
-from .boilerplate import load_table, pattern_table, phrase_table
+from .boilerplate import CJK_CLASS, load_table, pattern_table, phrase_table
 from .document import Document, Dropped
 
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
+_CJK = re.compile(f"[{CJK_CLASS}]")
 _LATIN_WORD = re.compile(r"[A-Za-z]+")
 _EN_WORD = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")  # on lower-cased text
 _SPACE = re.compile(r"\s")
 _ALPHA = re.compile(r"[^\W\d_]")  # a letter of any script
-_CHAR_TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]|[A-Za-z0-9]+")
+_CHAR_TOKEN = re.compile(f"[{CJK_CLASS}]|[A-Za-z0-9]+")
 _ELLIPSIS = re.compile(r"\.\.\.|…")
 _LINE_END_PUNCT = "。！？…!?.\"'”’」』"
 _BULLETS = "•·●○◆◇■□▪▫►▶▸-*–—★☆✓✔➤"
@@ -160,6 +160,8 @@ def measure(text: str, lang: str, cfg: QualityConfig) -> dict[str, Any]:
     spam_chars = sum(len(m) for m in phrase_table("ads_phrases.txt").findall(text))
     n_lines = max(1, len(lines))
     n_tokens = max(1, len(token_list))
+    spaced = text.split()
+    line_chars = max(1, sum(map(len, lines)))
     values: dict[str, Any] = {
         "lang": lang,
         "chars": nonspace,
@@ -167,20 +169,20 @@ def measure(text: str, lang: str, cfg: QualityConfig) -> dict[str, Any]:
         "cjk_share": cjk / max(1, cjk + latin_words),
         "mean_word_length": sum(len(w) for w in words) / max(1, len(words)),
         "stopwords": stopwords,
-        "alpha_word_share": sum(1 for w in text.split() if _ALPHA.search(w)) / max(1, len(text.split())),
+        "alpha_word_share": sum(1 for w in spaced if _ALPHA.search(w)) / max(1, len(spaced)),
         "hash_ellipsis_ratio": (text.count("#") + len(_ELLIPSIS.findall(text))) / n_tokens,
         "ellipsis_line_share": sum(1 for line in lines if line.endswith(("...", "…"))) / n_lines,
         "bullet_line_share": sum(1 for line in lines if line[0] in _BULLETS) / n_lines,
         "punct_line_share": sum(1 for line in lines if line[-1] in _LINE_END_PUNCT) / n_lines,
         "short_line_share": sum(1 for line in lines if _line_len(line, by_chars) < short_limit) / n_lines,
         "dup_line_share": len(dup_lines) / n_lines,
-        "dup_line_char_share": sum(len(line) for line in dup_lines) / max(1, sum(len(line) for line in lines)),
+        "dup_line_char_share": sum(len(line) for line in dup_lines) / line_chars,
         "top_ngram": top,
         "dup_ngram": dup,
         "spam_share": spam_chars / max(1, nonspace),
         "symbol_share": len(_symbol_class().findall(text)) / max(1, nonspace),
         "curly_share": (text.count("{") + text.count("}")) / max(1, nonspace),
-        "js_notice_share": sum(len(line) for line in lines if js.search(line)) / max(1, sum(map(len, lines))),
+        "js_notice_share": sum(len(line) for line in lines if js.search(line)) / line_chars,
         "lorem_ipsum": "lorem ipsum" in lowered,
     }
     return {k: round(v, 4) if isinstance(v, float) else

@@ -108,10 +108,6 @@ def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, A
     return cfg
 
 
-def config_dict(cfg: CleanConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
 @dataclass
 class ShardResult:
     """What a worker hands back for one shard: kept documents with their signatures, and the accounting."""
@@ -122,8 +118,14 @@ class ShardResult:
     trimmed_samples: list[dict[str, Any]]
 
 
-def _excerpt(text: str, limit: int = 600) -> str:
+def excerpt(text: str, limit: int = 600) -> str:
     return text if len(text) <= limit else text[:limit] + " …"
+
+
+def add_sample(samples: list[dict[str, Any]], limit: int, sample: dict[str, Any]) -> None:
+    """Keep `sample` for --explain unless its rule already has `limit` of them."""
+    if sum(1 for s in samples if s["rule"] == sample["rule"]) < limit:
+        samples.append(sample)
 
 
 def clean_documents(docs: list[Document], cfg: CleanConfig, drop) -> list[Document]:
@@ -165,10 +167,9 @@ def clean_shard(records: list[RawRecord], cfg: CleanConfig, explain: int = 0, si
 
     def drop(d: Dropped) -> None:
         drops[d.rule] += 1
-        if explain and sum(1 for s in dropped_samples if s["rule"] == d.rule) < explain:
-            doc = d.doc
-            dropped_samples.append({"rule": d.rule, "detail": d.detail, "id": doc.id if doc else None,
-                                    "text": _excerpt(doc.text) if doc else ""})
+        if explain:  # no excerpts built unless asked for
+            add_sample(dropped_samples, explain, {"rule": d.rule, "detail": d.detail, "id": d.doc.id if d.doc else None,
+                                                  "text": excerpt(d.doc.text) if d.doc else ""})
 
     docs: list[Document] = []
     for record in records:
@@ -184,8 +185,8 @@ def clean_shard(records: list[RawRecord], cfg: CleanConfig, explain: int = 0, si
     for doc in docs:
         for rule, line in doc.removed:
             trimmed[rule] += 1
-            if explain and sum(1 for s in trimmed_samples if s["rule"] == rule) < explain:
-                trimmed_samples.append({"rule": rule, "id": doc.id, "text": _excerpt(line, 300)})
+            if explain:
+                add_sample(trimmed_samples, explain, {"rule": rule, "id": doc.id, "text": excerpt(line, 300)})
         langs[doc.lang or "unknown"] += 1
         pii.update(doc.signals.get("pii", {}))
         kept.append((doc, signature(doc, cfg.dedup) if sign else None))
