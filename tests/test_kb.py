@@ -37,6 +37,25 @@ def test_add_and_search_in_both_languages(home):
     assert kb.search("t", "量子色动力学") == []
 
 
+def test_a_snippet_leads_with_the_sentence_that_holds_the_query(home, tmp_path):
+    """Query-focused snippets: sentences ordered by the IDF weight of the query terms they hold, so the
+    answering sentence comes first; a sentence's words all stay, and equal weights keep the page's order."""
+    page = tmp_path / "canal.txt"
+    page.write_text("The Grand Canal is the longest canal in the world. It links Beijing and Hangzhou. "
+                    "Construction of the Grand Canal began in the fifth century BC.\n", encoding="utf-8")
+    kb.add("t", [str(home), str(page)])
+    hit = kb.search("t", "When did construction of the Grand Canal begin?")[0]
+    assert hit.text.startswith("Construction of the Grand Canal began")
+    assert sorted(kb.sentences(hit.text)) == sorted(kb.sentences(page.read_text()))
+    assert kb.search("t", "Grand Canal")[0].text.startswith("The Grand Canal is the longest")
+    # "the" is in every page, so it weighs next to nothing against a rare word
+    assert kb.search("t", "the the the Beijing")[0].text.startswith("It links Beijing")
+    zh = tmp_path / "运河.txt"
+    zh.write_text("京杭大运河是世界上最长的运河。它连接北京和杭州。大运河始建于春秋时期。\n", encoding="utf-8")
+    kb.add("t", [str(zh)])
+    assert kb.search("t", "大运河什么时候始建？")[0].text.startswith("大运河始建于春秋时期。京杭大运河")
+
+
 def test_re_adding_a_changed_file_replaces_its_chunks(home):
     kb.add("t", [str(home)])
     assert kb.add("t", [str(home)])["unchanged"] == 4

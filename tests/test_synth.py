@@ -170,6 +170,29 @@ def test_search_turns_about_spans_name_the_page_and_answer_from_its_text():
                 assert sentence in " ".join(doc["text"].split()), (turn.human, turn.reply)
 
 
+def test_search_turns_with_the_questions_key_terms_mostly_cite_the_first_snippets_leading_sentence():
+    """query="terms": the query is the question's key terms and the reply cites the first snippet's
+    sentence that holds the asked fact; the query-focused snippet puts that sentence first unless the
+    question words it differently from the page (Chinese 流入 for the page's 注入)."""
+    _, questions = plugins.handbook()
+    for lang, leading_share in (("zh", 0.75), ("en", 1.0)):
+        asked = {q["question"]: q for q in questions if q["split"] == "train" and q["lang"] == lang}
+        turns = plugins.search_training_turns(lang, query="terms")
+        assert len(turns) == len(asked) == 270
+        leading = 0
+        for turn in turns:
+            q = asked[turn.human]
+            [command] = turn.parsed_commands()
+            assert command.arg == q["query"] and q["query"] in turn.thoughts
+            first = re.match(r'<\|1\|>: "(.*)"$', turn.results.split("\n")[1]).group(1)
+            sentence = re.sub(r"<sup><\|1\|></sup>", "", turn.reply)
+            assert sentence in first and q["answer"] in sentence
+            leading += first.startswith(sentence)
+        assert leading >= leading_share * len(turns), (lang, leading)
+    with pytest.raises(ValueError, match="query is one of"):
+        plugins.search_turn(questions[0], query="question")
+
+
 def _train_keys(out):
     keys = set()
     for conv in train_and_val(out):
@@ -375,3 +398,32 @@ def test_every_table_is_read_and_templates_agree_across_languages():
             assert zh == en or aligned(zh, "z") == aligned(en, "e"), (name, pair)
             checked += 1
     assert checked > 20
+
+
+def test_the_quick_eval_scores_search_choice_query_and_fact_apart():
+    from mosslm.eval import quick
+
+    _, questions = plugins.handbook()
+    q = next(q for q in questions if q["split"] == "heldout" and q["lang"] == "en")
+    item = {"task": "search", "lang": "en", "question": q["question"], "topic": q["topic"], "answer": q["answer"]}
+
+    def scored(commands, reply=""):
+        return quick.score(item, protocol.Turn(q["question"], reply, plugin=True, commands=commands))
+
+    assert scored(None, q["answer"]) == {"search_chosen": False, "search_well_formed": False, "answer_correct": True}
+    assert scored('Search("quantum chromodynamics")') == {"search_chosen": True, "search_well_formed": False,
+                                                          "answer_correct": False}
+    assert scored(f'Search("{q["query"]}")', f"It was {q['answer']}.") == {
+        "search_chosen": True, "search_well_formed": True, "answer_correct": True}
+    assert scored('Calculate("1+1")')["search_chosen"] is False
+
+
+def test_a_general_question_searched_anyway_keeps_its_own_answer_unless_the_handbook_holds_its_terms():
+    assert plugins.key_terms("What is the capital of Canada?") == "capital Canada"
+    assert plugins.key_terms("长江有多长？", "zh") is None
+    turn = plugins.unanswered_search_turn("What is the capital of Canada?", "The capital of Canada is Ottawa.")
+    [command] = turn.parsed_commands()
+    assert (command.name, command.arg) == ("Search", "capital Canada") and "capital Canada" in turn.thoughts
+    assert "Canada" not in turn.results.split("\n", 1)[1] and turn.reply == "The capital of Canada is Ottawa."
+    # every term of this one is on the handbook's Pacific page: no such turn
+    assert plugins.unanswered_search_turn("What is the largest ocean on Earth?", "The Pacific.") is None

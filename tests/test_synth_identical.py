@@ -5,6 +5,10 @@ its code that moves one byte changes the trained models. These hashes were
 recorded from commit 8326652's generator (mosslm/data/synth.py, synth_plugins.py
 and synth_tools.py, before they became the mosslm.data.synth package); a change
 that is meant to alter the corpus must record new ones and say why.
+
+Re-recorded once since: the plugins recipe's sft files, when the knowledge base's
+Search snippets became query-focused (their sentences ordered by the query terms
+they hold), which reorders the sentences inside the Search results.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from mosslm.cli import main
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / "examples" / "tools"
 
-# (recipe, seed) -> {file: sha256}, at --scale 0.05; recorded from commit 8326652's generator.
+# (recipe, seed) -> {file: sha256}, at --scale 0.05; recorded from commit 8326652's generator
+# (the plugins sft files: from query-focused snippets).
 CORPUS_SHA256 = {
     ("calculate", 0): {
         "eval.jsonl": "a7932c3ee8cc1ed261c8e771723644daa176733d1a162e547b9b628d9df026ea",
@@ -39,15 +44,15 @@ CORPUS_SHA256 = {
         "eval.jsonl": "93763fc7ff37c5dacb5e64fdc0dd7385b4d6c74e331fd6da146bcda12ca2fd48",
         "manifest.json": "399adfbc2ce516b710fea1f015dac49447387b114c3db844e0a4b52c2854e7c9",
         "pretrain.jsonl": "00546b86ff20f5f9c920c5e85f8f0cd10037c7fa785085f4e65994b0d478a701",
-        "sft_train.jsonl": "7801f25644206959fb6c9528ff761290936b1acb828fc8ad4935b0a60c075173",
+        "sft_train.jsonl": "a6fe35b462444c12a18a946b0228dd6e561dc6b97cd36d47294e5eac6d4bd735",
         "sft_val.jsonl": "443e7681f6a28f8720e7ae1a30239f76b3a687129466249399a3b2bfa8926534",
     },
     ("plugins", 7): {
         "eval.jsonl": "9c32dcc1e1f11e07b9758a2723e85262ad02b153339fe60afaef598374b87380",
         "manifest.json": "ce9f8ae3791c91f32dec3f4d23e5f1c63b34b1a71beedab70a5d68892621b1d3",
         "pretrain.jsonl": "63d4911206d0aed8b1d3eda7e5bd712b11596faf48e34693b686f791fba61b89",
-        "sft_train.jsonl": "bbf71df6dbe6eed77c5b5638885c09eb3e6eea7c9ac3bdacfa6b7c7382af9fd8",
-        "sft_val.jsonl": "1f48522017ecedddba04a21175a0b0965c0ebe335c88ea1ba7f9318b5c0441c6",
+        "sft_train.jsonl": "609b908e28f65a9e8952b91171cc1167fa92a6b90b0baec4575213bf5eac015f",
+        "sft_val.jsonl": "38cac018427a0e59db70a59e3cb3ad634a6c8edfcb15d1468e30c9e174720c0b",
     },
 }
 # --recipe tool on examples/tools/ (order_status.py, questions.jsonl) with --plugins Calculate.

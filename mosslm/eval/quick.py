@@ -57,7 +57,8 @@ def score(item: dict, turn: protocol.Turn) -> dict[str, bool]:
                 "answer_correct": all(line in reply for line in item["expected"].split("\n"))}
     if task == "search":  # the right plugin, and a query that finds the answer's passage
         args = _only(turn.commands, "Search")
-        return {"search_well_formed": len(args) == 1 and synth_plugins.search_finds(args[0], item),
+        return {"search_chosen": bool(args),
+                "search_well_formed": len(args) == 1 and synth_plugins.search_finds(args[0], item),
                 "answer_correct": item["answer"] in reply}
     if task == "multi":
         args = _only(turn.commands, "Calculate")

@@ -5,7 +5,10 @@ as overlapping character bigrams (the common choice for CJK retrieval; the
 trigram tokenizer cannot match the many two-character words, and jieba would
 be one more dependency), Latin words as lower-cased words. Files are cut into
 chunks of a few hundred characters at paragraph and sentence boundaries;
-re-adding a changed file replaces its old chunks.
+re-adding a changed file replaces its old chunks. A hit's snippet is
+query-focused, as a web search engine's is: its sentences come in the order of
+how much of the query they hold (IDF-weighted), so the sentence that answers
+comes first.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import math
 import os
 import re
 import sqlite3
@@ -272,6 +276,42 @@ def search(name: str | Path, query: str, k: int = 3) -> list[Hit]:
         rows = db.execute("SELECT c.title, c.url, c.text, bm25(chunks_fts) AS score FROM chunks_fts "
                           "JOIN chunks c ON c.id = chunks_fts.rowid WHERE chunks_fts MATCH ? ORDER BY score LIMIT ?",
                           (match, k)).fetchall()
+        weights = _term_weights(db, index_terms(query)) if rows else {}
     finally:
         db.close()
-    return [Hit(title or "", url or "", text[:SNIPPET_CHARS], score) for title, url, text, score in rows]
+    return [Hit(title or "", url or "", focused_snippet(text, weights)[:SNIPPET_CHARS], score)
+            for title, url, text, score in rows]
+
+
+# A sentence ends at 。！？!? or at a full stop followed by a space or the end (not in 3.5 or e.g).
+_SENTENCE_RE = re.compile(r"[^。！？!?]*?(?:[。！？!?]|\.(?=\s|$)|$)")
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of a text, stripped, without empty ones."""
+    return [s.strip() for s in _SENTENCE_RE.findall(" ".join(text.split())) if s.strip()]
+
+
+def _term_weights(db: sqlite3.Connection, terms: list[str]) -> dict[str, float]:
+    """Each distinct query term's inverse document frequency over the knowledge base's chunks."""
+    db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.chunks_vocab USING fts5vocab(main, chunks_fts, row)")
+    distinct = list(dict.fromkeys(terms))
+    n = db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+    found = dict(db.execute(f"SELECT term, doc FROM temp.chunks_vocab WHERE term IN ({','.join('?' * len(distinct))})",
+                            distinct).fetchall()) if distinct else {}
+    return {t: math.log((n + 1) / (found.get(t, 0) + 0.5)) for t in distinct}
+
+
+def focused_snippet(text: str, weights: dict[str, float]) -> str:
+    """The passage with its sentences ordered by the weight of the query terms each holds (ties keep the
+    passage's order), so a reader, or a model, finds the answering sentence first."""
+    parts = sentences(text)
+    if len(parts) < 2 or not weights:
+        return text
+    def held(sentence: str) -> float:
+        return sum(weights.get(t, 0.0) for t in set(index_terms(sentence)))
+    ordered = sorted(parts, key=held, reverse=True)  # sorted() is stable: equal weights keep their order
+    out = ordered[0]
+    for part in ordered[1:]:
+        out += ("" if out[-1] in "。！？" else " ") + part
+    return out

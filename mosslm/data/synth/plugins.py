@@ -194,19 +194,14 @@ def handbook() -> tuple[dict[tuple[str, str], dict], list[dict]]:
 # and then 95% (1500 steps) as more of those questions name the topic by one of the page's aliases.
 NAMED_SHARE, SPAN_SHARE = 0.55, 0.2
 _SNIPPET_RE = re.compile(r'(?m)^<\|(\d+)\|>: "(.*)"$')
-_SENTENCE_RE = re.compile(r"[^。！？!?]*?(?:[。！？!?]|\.(?=\s|$)|$)")
-
-
-def sentences(text: str) -> list[str]:
-    """The sentences of a text, stripped, without empty ones."""
-    return [s.strip() for s in _SENTENCE_RE.findall(text) if s.strip()]
+sentences = kb.sentences
 
 
 def answer_sentence(snippet: str, answer: str) -> str | None:
     """The sentence of a snippet that contains the answer span."""
-    for sentence in _SENTENCE_RE.findall(snippet):
+    for sentence in sentences(snippet):
         if answer in sentence:
-            return sentence.strip()
+            return sentence
     return None
 
 
@@ -218,8 +213,9 @@ def cited(sentence: str, n: int) -> str:
 
 def _hit(results: str | None, doc: dict, answer: str) -> tuple[int, str] | None:
     """(citation number, answering sentence) of the first snippet from `doc` holding `answer`."""
-    for number, text in _SNIPPET_RE.findall(results or ""):
-        if text in doc["text"] or text in " ".join(doc["text"].split()):
+    page = " ".join(doc["text"].split())
+    for number, text in _SNIPPET_RE.findall(results or ""):  # a snippet of the page: its sentences, reordered
+        if all(part in page for part in sentences(text)):
             sentence = answer_sentence(text, answer)
             if sentence:
                 return int(number), sentence
@@ -232,29 +228,37 @@ def gold_hit(results: str | None, question: dict) -> tuple[int, str] | None:
     return _hit(results, docs[(question["topic"], question["lang"])], question["answer"])
 
 
-def _search_turn(human: str, lang: str, doc: dict, answer: str) -> Turn | None:
-    command = Command("Search", doc["title"])
+def _search_turn(human: str, lang: str, doc: dict, answer: str, query: str | None = None) -> Turn | None:
+    command = Command("Search", query or doc["title"])
     results = run_commands([command], synth_plugins())
     hit = _hit(results, doc, answer)
     if hit is None:
         return None
     return Turn(human=human, reply=cited(hit[1], hit[0]), plugin=True,
-                thoughts=_SEARCH["thought"][lang].format(q=doc["title"]),
+                thoughts=_SEARCH["thought"][lang].format(q=command.arg),
                 commands=protocol.render_commands([command]), results=results)
 
 
-def search_turn(question: dict) -> Turn | None:
+# What a Search turn's query is: the handbook page's title (what the from-scratch speedrun models learn,
+# see above), or the question's own key terms (the handbook's `query` field), which a pretrained model
+# copies from any phrasing; the snippet then leads with the sentence that holds those terms.
+QUERY_KINDS = ("title", "terms")
+
+
+def search_turn(question: dict, query: str = "title") -> Turn | None:
     """The question's Search turn, or None when its query does not find the answer."""
+    if query not in QUERY_KINDS:
+        raise ValueError(f"query is one of {QUERY_KINDS}, not {query!r}")
     docs, _ = handbook()
     return _search_turn(question["question"], question["lang"], docs[(question["topic"], question["lang"])],
-                        question["answer"])
+                        question["answer"], question["query"] if query == "terms" else None)
 
 
 @cache
-def search_training_turns(lang: str) -> tuple[Turn, ...]:
+def search_training_turns(lang: str, query: str = "title") -> tuple[Turn, ...]:
     """The Search turns of the handbook's training questions in one language, built once."""
     _, questions = handbook()
-    turns = [search_turn(q) for q in questions if q["split"] == "train" and q["lang"] == lang]
+    turns = [search_turn(q, query) for q in questions if q["split"] == "train" and q["lang"] == lang]
     return tuple(t for t in turns if t is not None)
 
 
@@ -280,23 +284,56 @@ def _span(rng: random.Random, sentence: str, lang: str) -> str:
     return ("" if lang == "zh" else " ").join(units)
 
 
-def span_search_turn(rng: random.Random, lang: str, named: bool = False) -> Turn:
+def span_search_turn(rng: random.Random, lang: str, named: bool = False, query: str = "title") -> Turn:
     """A question about a random span of a handbook sentence, naming the page's topic by an alias
-    when `named` (so that the name in a question decides the page); the reply is that sentence, cited."""
+    when `named` (so that the name in a question decides the page); the reply is that sentence, cited.
+    The query is the page title, or with query="terms" the question's own words: the alias and the span."""
+    if query not in QUERY_KINDS:
+        raise ValueError(f"query is one of {QUERY_KINDS}, not {query!r}")
     while True:
         doc, sentence = rng.choice(handbook_sentences(lang))
         span = _span(rng, sentence, lang)
         if len(span) < 4:
             continue
+        alias = None
         if named:
             if lang == "en" and span[1:2].islower():
                 span = span[0].lower() + span[1:]
-            human = rng.choice(_SEARCH["named_frames"][lang]).format(a=rng.choice(doc["aliases"]), s=span)
+            frame = rng.choice(_SEARCH["named_frames"][lang])
+            alias = rng.choice(doc["aliases"])
+            human = frame.format(a=alias, s=span)
         else:
             human = rng.choice(_SEARCH["span_frames"][lang]).format(s=span)
-        turn = _search_turn(human, lang, doc, span)
+        words = f"{alias} {span}" if named else span
+        turn = _search_turn(human, lang, doc, span, words if query == "terms" else None)
         if turn is not None:
             return turn
+
+
+def key_terms(question: str, lang: str = "en") -> str | None:
+    """A question's key terms as a Search query (English: its words without the stop words), or None."""
+    if lang != "en":
+        return None
+    stop = set(_SEARCH["query_stop_words"]["en"])
+    words = [w for w in re.findall(r"[A-Za-z0-9][A-Za-z0-9'-]*", question) if w.lower() not in stop]
+    return " ".join(words) or None
+
+
+def unanswered_search_turn(question: str, reply: str, lang: str = "en") -> Turn | None:
+    """A question the handbook does not answer, searched anyway (its key terms as the query): the reply is
+    `reply` (the base's own answer), uncited, whatever came back. None when a snippet holds every key term,
+    for then the handbook may answer it after all."""
+    query = key_terms(question, lang)
+    if query is None:
+        return None
+    command = Command("Search", query)
+    results = run_commands([command], synth_plugins())
+    terms = {t.lower() for t in query.split()}
+    for _, text in _SNIPPET_RE.findall(results or ""):
+        if terms <= {w.lower() for w in re.findall(r"[A-Za-z0-9][A-Za-z0-9'-]*", text)}:
+            return None
+    return Turn(human=question, reply=reply, plugin=True, thoughts=_SEARCH["thought"][lang].format(q=query),
+                commands=protocol.render_commands([command]), results=results)
 
 
 def search_conversation_turn(rng: random.Random, lang: str) -> Turn:
