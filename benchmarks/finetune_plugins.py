@@ -92,7 +92,7 @@ def tuned_answers(model_dir: Path, questions: list[str]) -> list[tuple[str, str 
 # On top of those, questions about a random span of a handbook sentence, most of them naming the page by an
 # alias, in imperative frames too ("Tell me about ..., especially ..."; the handbook's training questions
 # are nearly all "What/How/When ..."), with the alias and the span as the query.
-SPAN_QUESTIONS = {"named": 160}
+NAMED_SPAN_QUESTIONS = 160
 # The base's own answers come twice: as tool-free turns, and for UNANSWERED_SEARCHES of them after a Search
 # of the handbook that does not hold the answer (the reply stays the base's), so that a general question that
 # the model searches anyway is still answered from what the base knew rather than from unrelated results.
@@ -107,10 +107,9 @@ def training_mix(base: str, out: Path, seed: int) -> tuple[Path, dict]:
     meta = synth.RECIPES["plugins"].meta
     convs = [protocol.Conversation(meta, [turn], extra={"category": "search"})
              for lang in ("zh", "en") for turn in synth_plugins.search_training_turns(lang, query="terms")]
-    for kind, n in SPAN_QUESTIONS.items():
-        convs += [protocol.Conversation(meta, [synth_plugins.span_search_turn(rng, ("zh", "en")[i % 2], kind == "named",
-                                                                              query="terms")],
-                                        extra={"category": f"search_{kind}_span"}) for i in range(n)]
+    convs += [protocol.Conversation(meta, [synth_plugins.span_search_turn(rng, ("zh", "en")[i % 2], named=True,
+                                                                          query="terms")],
+                                    extra={"category": "search_named_span"}) for i in range(NAMED_SPAN_QUESTIONS)]
     convs += synth.sft_conversations(rng, OTHER_COUNTS, "ft", meta)
     kept = distill.keep_knowledge_conversations(base, meta)
     searched = [t for t in (synth_plugins.unanswered_search_turn(c.turns[0].human, c.turns[0].reply) for c in kept) if t]

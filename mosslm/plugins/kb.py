@@ -308,6 +308,7 @@ def focused_snippet(text: str, weights: dict[str, float]) -> str:
     parts = sentences(text)
     if len(parts) < 2 or not weights:
         return text
+
     def held(sentence: str) -> float:
         return sum(weights.get(t, 0.0) for t in set(index_terms(sentence)))
     ordered = sorted(parts, key=held, reverse=True)  # sorted() is stable: equal weights keep their order

@@ -328,10 +328,9 @@ def unanswered_search_turn(question: str, reply: str, lang: str = "en") -> Turn 
         return None
     command = Command("Search", query)
     results = run_commands([command], synth_plugins())
-    terms = {t.lower() for t in query.split()}
-    for _, text in _SNIPPET_RE.findall(results or ""):
-        if terms <= {w.lower() for w in re.findall(r"[A-Za-z0-9][A-Za-z0-9'-]*", text)}:
-            return None
+    terms = set(kb.index_terms(query))
+    if any(terms <= set(kb.index_terms(text)) for _, text in _SNIPPET_RE.findall(results or "")):
+        return None
     return Turn(human=question, reply=reply, plugin=True, thoughts=_SEARCH["thought"][lang].format(q=query),
                 commands=protocol.render_commands([command]), results=results)
 
