@@ -40,11 +40,14 @@ class ModelGenerator:
     their generations run concurrently in the engine's batches.
     """
 
-    def __init__(self, loaded: LoadedModel, engine_config: EngineConfig | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, engine_config: EngineConfig | None = None, engine_factory=None) -> None:
+        """`engine_factory(stop_token_ids)` builds another engine with Engine's interface (the vLLM backend);
+        then `loaded.model` may be None and `loaded.generation_config` says the end-of-text ids."""
         self.loaded = loaded
         tok = loaded.tokenizer
         ids = set()
-        gen_eos = getattr(loaded.model.generation_config, "eos_token_id", None)
+        gen_config = loaded.generation_config if loaded.model is None else loaded.model.generation_config
+        gen_eos = getattr(gen_config, "eos_token_id", None)
         for value in (gen_eos, tok.eos_token_id):
             if isinstance(value, int):
                 ids.add(value)
@@ -55,7 +58,8 @@ class ModelGenerator:
             # the end-of-text token always stops.
             ids = {i for i in ids if tok.convert_ids_to_tokens(i) not in protocol.TERMINATORS}
         self.stop_token_ids = sorted(ids)
-        self.engine = Engine(loaded.model, tok, engine_config, stop_token_ids=self.stop_token_ids)
+        self.engine = (engine_factory(self.stop_token_ids) if engine_factory is not None else
+                       Engine(loaded.model, tok, engine_config, stop_token_ids=self.stop_token_ids))
         self.context_length = min(loaded.context_length, self.engine.max_seq_len)
 
     def encode(self, text: str) -> list[int]:

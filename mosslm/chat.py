@@ -11,7 +11,7 @@ from .agent import Agent, ModelGenerator
 from .download import DownloadError, resolve
 from .engine import SamplingParams
 from .engine.generate import ContextTooLong
-from .model import METADATA_FILE, ModelLoadError, load
+from .model import METADATA_FILE, ModelLoadError, load, load_without_weights
 from .paths import default_model_dir
 from .plugins.registry import Plugin, PluginError, disabled_reason, discover
 
@@ -72,16 +72,30 @@ def model_path(model: str | None) -> Path:
 
 def build_agent(model: str | None, plugins: str | None, params: SamplingParams,
                 system: str | None = None, plugin_paths: list[str] = (), dtype: str = "auto",
-                engine_config=None, adapter: str | None = None) -> Agent:
+                engine_config=None, adapter: str | None = None, vllm=None) -> Agent:
+    """`vllm` (an engine.vllm_backend.VllmConfig): generate on vLLM instead of our engine."""
     path = model_path(model)
     print(f"loading {path}" + (f" with the adapter {adapter}" if adapter else "") + " ...", file=sys.stderr, flush=True)
+    factory = None
     try:
-        loaded = load(path, dtype=dtype, adapter=adapter)
+        if vllm is not None:
+            from .engine.vllm_backend import VllmEngine, VllmUnavailable, require_vllm
+            try:
+                vllm.check(path)
+                require_vllm()
+            except VllmUnavailable as e:
+                raise ChatError(str(e)) from None
+            loaded = load_without_weights(path)
+            max_waiting = engine_config.max_waiting if engine_config is not None else 128
+            factory = lambda stops: VllmEngine(path, loaded.tokenizer, vllm, stops, max_waiting)  # noqa: E731
+        else:
+            loaded = load(path, dtype=dtype, adapter=adapter)
     except ModelLoadError as e:
         raise ChatError(str(e)) from None
     tok = loaded.tokenizer
     speaks_moss = loaded.speaks_moss or not getattr(tok, "chat_template", None)
-    agent = Agent(ModelGenerator(loaded, engine_config), speaks_moss=speaks_moss, preset=loaded.protocol or "moss",
+    agent = Agent(ModelGenerator(loaded, engine_config, factory), speaks_moss=speaks_moss,
+                  preset=loaded.protocol or "moss",
                   params=params, system=system,
                   template=lambda msgs, gen: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen))
     try:

@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .data.cli import add_data_parser
     add_data_parser(verbs)
+    from .quant.cli import add_quantize_parser
+    add_quantize_parser(verbs)
 
     tokenizer = verbs.add_parser("tokenizer", help="train and evaluate tokenizers",
                                  description="Train a byte-level BPE tokenizer or compare tokenizers.")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import moss_checkpoint, protocol
+from . import moss_checkpoint, protocol, quant
 from .paths import atomic_dir
 
 METADATA_FILE = "mosslm.json"
@@ -130,6 +130,7 @@ class LoadedModel:
     protocol: str | None  # "moss"/"mosslm" when the model speaks the MOSS protocol, else None
     context_length: int
     dtype_choice: Any = None  # hardware.DtypeChoice when the dtype was given by name (auto/fp32/bf16)
+    generation_config: Any = None  # set when model is None (another runtime holds the weights)
 
     @property
     def speaks_moss(self) -> bool:
@@ -164,9 +165,11 @@ def _version() -> str:
 
 
 def load(path: str | os.PathLike, dtype: torch.dtype | str = torch.float32,
-         adapter: str | os.PathLike | None = None) -> LoadedModel:
+         adapter: str | os.PathLike | None = None, gguf_quantized: bool = False) -> LoadedModel:
     """Load a checkpoint folder (ours or any local HF causal LM), a .gguf file, or a LoRA adapter folder
     (`moss finetune`'s output: put on the base its mosslm.json names, or on `path` when `adapter` is given).
+    `gguf_quantized`: a Q8_0/Q4_x GGUF keeps int8/int4 linears on the CPU kernels (`moss chat`, `moss serve`)
+    instead of fp weights (what training and export need).
 
     `dtype` by name ("auto", "fp32", "bf16") is resolved for inference on this machine
     (mosslm/hardware.py), announced once, and kept as `.dtype_choice`."""
@@ -194,12 +197,16 @@ def load(path: str | os.PathLike, dtype: torch.dtype | str = torch.float32,
             tokenizer = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
             model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=dtype)
             _forget_gguf_quantizer(model)
+            if gguf_quantized:
+                quant.quantize_like_gguf(model, p)
         else:
             if not (p / "config.json").exists():
                 raise ModelLoadError(f"{p} has no config.json: not a Hugging Face checkpoint folder")
             if (p / MANIFEST).exists():
                 verify_checkpoint(p)
-            if moss_checkpoint.is_moss_folder(p):
+            if quant.quantization_spec(p):
+                model, tokenizer = quant.load_quantized(p, dtype)
+            elif moss_checkpoint.is_moss_folder(p):
                 model, tokenizer = moss_checkpoint.load(p, dtype)
             else:
                 _refuse_remote_code(p)
@@ -208,7 +215,7 @@ def load(path: str | os.PathLike, dtype: torch.dtype | str = torch.float32,
                 model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype, trust_remote_code=False)
     except ModelLoadError:
         raise
-    except moss_checkpoint.MossCheckpointError as e:
+    except (moss_checkpoint.MossCheckpointError, quant.QuantError) as e:
         raise ModelLoadError(f"could not load {p}: {e}") from None
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"could not load {p}: {e}") from e
@@ -218,6 +225,28 @@ def load(path: str | os.PathLike, dtype: torch.dtype | str = torch.float32,
         if model.dtype != choice.torch_dtype:
             model = model.to(choice.torch_dtype)
     return LoadedModel(model, tokenizer, str(p), detect_protocol(p, tokenizer), context_length(model), choice)
+
+
+def load_without_weights(path: str | os.PathLike) -> LoadedModel:
+    """A folder's tokenizer, protocol, context and generation config, for a runtime that loads the weights
+    itself (the vLLM backend): `.model` is None."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    p = Path(path).expanduser()
+    config = _folder_config(p)
+    if config is None:
+        raise ModelLoadError(f"{p} is not a Hugging Face checkpoint folder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(p, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not load the tokenizer of {p}: {e}") from None
+    try:
+        gen = GenerationConfig.from_pretrained(p)
+    except OSError:
+        gen = GenerationConfig.from_model_config(config)
+    context = next((v for k in ("max_position_embeddings", "n_positions") if isinstance(v := getattr(config, k, None), int)),
+                   protocol.MOSS_CONTEXT_LENGTH)
+    return LoadedModel(None, tokenizer, str(p), detect_protocol(p, tokenizer), context, generation_config=gen)
 
 
 def _load_adapter(folder: Path, base: str | None, dtype) -> LoadedModel:

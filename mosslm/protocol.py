@@ -267,6 +267,26 @@ def second_pass_prompt(meta: str, turns: list[Turn]) -> str:
     return meta + "".join(t.render() for t in turns) + f"{MOSS}:"
 
 
+def ollama_modelfile(gguf_name: str, preset: str = "mosslm") -> str:
+    """An Ollama Modelfile for a GGUF export: the tool-free MOSS dialogue as its Go template, the meta
+    instruction as SYSTEM, and the reply terminators as stops (the same text `generation_prompt` builds)."""
+    probe = Turn(human="\x00", reply="\x01").render()       # <|Human|>: H<eoh>\n<|MOSS|>: R<eom>\n
+    before_human, rest = probe.split("\x00")
+    human_to_reply, after_reply = rest.split("\x01")
+    opening = human_to_reply[:-1] if human_to_reply.endswith(" ") else human_to_reply  # the prompt ends at "<|MOSS|>:"
+    template = ('{{- if .System }}{{ .System }}{{ end }}{{- range .Messages }}{{- if eq .Role "user" }}'
+                + before_human + "{{ .Content }}" + opening + '{{- else if eq .Role "assistant" }} {{ .Content }}'
+                + after_reply + "{{ end }}{{ end }}")  # no "{{-": it would eat the newline after <eom>
+    system = meta_instruction(preset)
+    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""', f'SYSTEM """{system}"""']
+    lines += [f'PARAMETER stop "{stop}"' for stop in reply_stop()]
+    lines += [f"PARAMETER {k} {v}" for k, v in (("temperature", MOSS_GENERATION_DEFAULTS.get("temperature")),
+                                                 ("top_p", MOSS_GENERATION_DEFAULTS.get("top_p")),
+                                                 ("repeat_penalty", MOSS_GENERATION_DEFAULTS.get("repetition_penalty")))
+              if v is not None]
+    return "\n".join(lines) + "\n"
+
+
 def plugin_first_pass_stop() -> list[str]:
     return [EOC]
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Build the llama.cpp peers that benchmarks/serve_load.py compares `moss serve` against:
+# Build the llama.cpp peers that benchmarks/serve_load.py and benchmarks/quant.py compare against:
 #   1. llama-cpp-python (with its [server] extra) in its own venv: $PEERS_DIR/venv
-#   2. llama.cpp's C++ llama-server, built from the sources vendored in the same
-#      llama-cpp-python sdist: $PEERS_DIR/bin/llama-server
+#   2. llama.cpp's C++ llama-server and llama-bench, built from the sources vendored in the same
+#      llama-cpp-python sdist: $PEERS_DIR/bin/llama-server, $PEERS_DIR/bin/llama-bench
 # Idempotent: a step whose result already exists is skipped (FORCE=1 redoes both).
 #
 # Environment:
@@ -69,10 +69,11 @@ else
   have_lcp || { echo "build_llama_peers: llama-cpp-python install check failed" >&2; exit 1; }
 fi
 
-# ---- 2. llama-server from the sdist's vendor/llama.cpp -------------------------------
+# ---- 2. llama-server and llama-bench from the sdist's vendor/llama.cpp -----------------
 SERVER_BIN="$PEERS_DIR/bin/llama-server"
-if [ "$FORCE" != 1 ] && [ -x "$SERVER_BIN" ] && "$SERVER_BIN" --version >/dev/null 2>&1; then
-  echo "build_llama_peers: $SERVER_BIN already built (skip)" >&2
+BENCH_BIN="$PEERS_DIR/bin/llama-bench"
+if [ "$FORCE" != 1 ] && [ -x "$SERVER_BIN" ] && "$SERVER_BIN" --version >/dev/null 2>&1 && [ -x "$BENCH_BIN" ]; then
+  echo "build_llama_peers: $SERVER_BIN and $BENCH_BIN already built (skip)" >&2
 else
   SRC="$PEERS_DIR/src/llama_cpp_python-$VERSION"
   if [ ! -d "$SRC/vendor/llama.cpp" ]; then
@@ -87,9 +88,10 @@ else
     -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
     -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_CURL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
-  cmake --build "$BUILD" --target llama-server -j "$JOBS"
+  cmake --build "$BUILD" --target llama-server llama-bench -j "$JOBS"
   install -m 755 "$BUILD/bin/llama-server" "$SERVER_BIN"
-  log_time "llama-server(llama-cpp-python-$VERSION/vendor/llama.cpp) cmake-build" $(( $(date +%s) - t0 ))
+  install -m 755 "$BUILD/bin/llama-bench" "$BENCH_BIN"
+  log_time "llama-server+llama-bench(llama-cpp-python-$VERSION/vendor/llama.cpp) cmake-build" $(( $(date +%s) - t0 ))
   "$SERVER_BIN" --version >&2 || true
 fi
 
@@ -97,3 +99,4 @@ echo "build_llama_peers: done" >&2
 echo "PEERS_DIR=$PEERS_DIR"
 echo "llama-cpp-python: $VENV/bin/python -m llama_cpp.server"
 echo "llama-server:     $SERVER_BIN"
+echo "llama-bench:      $BENCH_BIN"

@@ -1,6 +1,7 @@
 """The official `openai` client against a real server on 127.0.0.1, with a micro model trained here."""
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -10,7 +11,7 @@ from conftest import CALC_Q, WEATHER, WEATHER_Q, WEATHER_REPLY, serving
 
 from mosslm.agent import Agent, ModelGenerator
 from mosslm.engine import SamplingParams
-from mosslm.model import load
+from mosslm.model import load, load_without_weights
 from mosslm.serve.app import Server, ServerConfig, create_app
 from mosslm.serve.keys import create_key, revoke
 from mosslm.serve.store import open_db
@@ -25,7 +26,14 @@ def running(server: Server):
 
 @pytest.fixture(scope="module")
 def generator(tool_model):
-    gen = ModelGenerator(load(tool_model))
+    """Our engine; with MOSSLM_TEST_BACKEND=vllm (scripts/gpu_check.sh) vLLM behind the same interface."""
+    if os.environ.get("MOSSLM_TEST_BACKEND") == "vllm":
+        from mosslm.engine.vllm_backend import VllmConfig, VllmEngine
+        loaded = load_without_weights(tool_model)
+        config = VllmConfig(gpu_memory_utilization=0.3, dtype="float32", max_num_seqs=16)
+        gen = ModelGenerator(loaded, engine_factory=lambda stops: VllmEngine(tool_model, loaded.tokenizer, config, stops))
+    else:
+        gen = ModelGenerator(load(tool_model))
     yield gen
     gen.engine.shutdown()
 

@@ -47,6 +47,15 @@ def add_serve_parser(verbs, sampling_args) -> None:
     w.add_argument("--moderation-classifier", metavar="SPEC",
                    help="also ask a Python callable: module:function, file.py:function, or an entry point "
                         "of the group mosslm.moderation; it gets (text, stage) and returns a rule name or None")
+    b = srv.add_argument_group("backend (GPUs)")
+    b.add_argument("--backend", choices=["engine", "vllm"], default="engine",
+                   help="engine (default): mosslm's own batching engine; vllm: vLLM's async engine on GPUs "
+                        "(installed separately), behind the same API, keys, plugins, store and web chat")
+    b.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model replica")
+    b.add_argument("--pipeline-parallel-size", type=int, default=1, help="vllm: pipeline stages (nodes)")
+    b.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm: share of GPU memory to use")
+    b.add_argument("--distributed-executor-backend", choices=["mp", "ray"],
+                   help="vllm: mp (one node) or ray (several nodes; start the Ray cluster first)")
     sampling_args(srv)
     srv.set_defaults(func=cmd_serve)
 
@@ -58,6 +67,34 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _vllm_config(args: argparse.Namespace, path: Path):
+    """The vLLM settings, checked (and vLLM's presence) before the server listens; None for our engine."""
+    from ..chat import ChatError
+
+    vllm_flags = args.tensor_parallel_size != 1 or args.pipeline_parallel_size != 1 \
+        or args.distributed_executor_backend is not None or args.gpu_memory_utilization != 0.9
+    if args.backend != "vllm":
+        if vllm_flags:
+            raise ChatError("--tensor-parallel-size, --pipeline-parallel-size, --gpu-memory-utilization and "
+                            "--distributed-executor-backend need --backend vllm")
+        return None
+    from ..engine.vllm_backend import VllmConfig, VllmUnavailable, require_vllm
+
+    if args.adapter:
+        raise ChatError("--adapter runs on the default backend; for vLLM merge it first (`moss export --merge-lora`)")
+    dtype = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16"}[args.dtype]
+    config = VllmConfig(tensor_parallel_size=args.tensor_parallel_size,
+                        pipeline_parallel_size=args.pipeline_parallel_size,
+                        gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_running,
+                        distributed_executor_backend=args.distributed_executor_backend, dtype=dtype)
+    try:
+        config.check(Path(path))
+        require_vllm()
+    except VllmUnavailable as e:
+        raise ChatError(str(e)) from None
+    return config
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -109,6 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         path = model_path(args.model)  # before listening: a wrong --model is an error, not a dead server
+        vllm = _vllm_config(args, path)
     except ChatError as e:
         print(f"moss serve: {e}", file=sys.stderr)
         return 2
@@ -116,7 +154,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def load():
         try:
             agent = build_agent(str(path), args.plugins, params, plugin_paths=args.plugin_path, dtype=args.dtype,
-                                engine_config=engine, adapter=args.adapter)
+                                engine_config=engine, adapter=args.adapter, vllm=vllm)
         except ChatError as e:
             print(f"moss serve: {e}", file=sys.stderr)
             os._exit(2)  # the HTTP server runs on: only an exit ends it from this thread

@@ -59,12 +59,18 @@ def add_train_parsers(verbs) -> None:
     _stage_args(ft)
     ft.set_defaults(func=cmd_finetune, takes_overrides=True)
 
-    ex = verbs.add_parser("export", help="turn a fine-tune into a plain model folder",
+    ex = verbs.add_parser("export", help="a fine-tune as a plain model folder, or a model as one GGUF file",
                           description="--merge-lora: merge a LoRA adapter into its base and write one HF folder "
-                                      "that plain transformers (and `moss chat`/`serve`) loads.")
-    ex.add_argument("--merge-lora", required=True, metavar="ADAPTER", help="the adapter folder (OUT/final)")
+                                      "that plain transformers (and `moss chat`/`serve`) loads. "
+                                      "--format gguf --model M: one .gguf file for llama.cpp (tokenizer, special "
+                                      "tokens and chat template in its metadata) and an Ollama Modelfile beside it.")
+    ex.add_argument("--merge-lora", metavar="ADAPTER", help="the adapter folder (OUT/final)")
     ex.add_argument("--base", help="the base model (default: the one the adapter's mosslm.json names)")
-    ex.add_argument("--out", required=True, help="output folder (written atomically)")
+    ex.add_argument("--format", choices=["hf", "gguf"], default="hf",
+                    help="hf (default, with --merge-lora) or gguf (with --model)")
+    ex.add_argument("--model", help="with --format gguf: the model to export (folder, .gguf or downloaded name)")
+    ex.add_argument("--quant", choices=["f16", "q8_0", "q4_0"], default="f16", help="GGUF weight type (default f16)")
+    ex.add_argument("--out", required=True, help="output folder, or the .gguf file (written atomically)")
     ex.set_defaults(func=cmd_export)
 
 
@@ -175,9 +181,37 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..model import CheckpointError, ModelLoadError
     from .lora import LoraError, merge
 
+    if args.format == "gguf":
+        return _export_gguf(args)
+    if not args.merge_lora:
+        print("moss export: give --merge-lora ADAPTER (a fine-tune), or --format gguf --model M", file=sys.stderr)
+        return 2
+
     try:
         out = merge(args.merge_lora, args.out, base=args.base)
     except (CheckpointError, LoraError, ModelLoadError, OSError) as e:
         return _report("export", e)
     print(f"merged model: {out} (plain transformers: AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    return 0
+
+
+def _export_gguf(args: argparse.Namespace) -> int:
+    from ..download import DownloadError, resolve
+    from ..model import ModelLoadError
+    from ..quant.gguf_export import export
+    from ..quant.linear import QuantError
+
+    if not args.model or args.merge_lora:
+        print("moss export: --format gguf takes --model M (merge a LoRA adapter first)", file=sys.stderr)
+        return 2
+    if not args.out.endswith(".gguf"):
+        print(f"moss export: --out must name a .gguf file (got {args.out})", file=sys.stderr)
+        return 2
+    try:
+        written = export(str(resolve(args.model)), args.out, args.quant)
+    except (QuantError, ModelLoadError, DownloadError, OSError) as e:
+        return _report("export", e)
+    print(f"{args.quant} GGUF: {written[0]} ({written[0].stat().st_size / 2**20:.1f} MiB)")
+    if len(written) > 1:
+        print(f"Ollama: cd {written[1].parent} && ollama create NAME -f {written[1].name}")
     return 0

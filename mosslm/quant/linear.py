@@ -1,0 +1,189 @@
+"""Weight-only quantized linears: int8 per output channel, int4 in groups along the input.
+
+The formats are the ones torch's own CPU kernels read, so nothing is converted per call:
+- int8: w = q * scale, q in [-127, 127] (symmetric), one scale per output row;
+  `torch.ops.aten._weight_int8pack_mm(x, q[N, K], scale[N])`.
+- int4: w = (q - 8) * scale + zero, q in [0, 15], one (scale, zero) per `group_size` inputs
+  of a row (asymmetric: the group's min and max are exact);
+  `torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scale_and_zero[K/g, N, 2])`
+  after `_convert_weight_to_int4pack_for_cpu` packs the values once, at load.
+On disk int4 values are two to a byte (low nibble first) in row order, a layout that does not depend on
+the CPU; the kernel's own packing is made when the folder loads. Where a kernel is missing (another
+device, an old torch) the layer multiplies by its dequantized weight: slower, same numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the CPU int4 kernel takes
+
+
+class QuantError(ValueError):
+    pass
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q int8 [N, K], scale fp32 [N]) with weight ~= q * scale[:, None]."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q uint8 values 0..15 [N, K], scale fp32 [N, K/g], zero fp32 [N, K/g]) with
+    weight ~= (q - 8) * scale + zero within each group of `group_size` inputs."""
+    n, k = weight.shape
+    if k % group_size:
+        raise QuantError(f"input size {k} is not a multiple of the int4 group size {group_size}")
+    w = weight.detach().float().view(n, k // group_size, group_size)
+    lo, hi = w.amin(dim=2), w.amax(dim=2)
+    scale = ((hi - lo) / 15).clamp(min=1e-12)
+    q = torch.round((w - lo[..., None]) / scale[..., None]).clamp(0, 15)
+    zero = lo + 8 * scale
+    return q.to(torch.uint8).view(n, k), scale, zero
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """[N, K] values 0..15 -> [N, K/2] bytes, even inputs in the low nibble."""
+    q = q.to(torch.uint8)
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    n, half = packed.shape
+    out = torch.empty(n, half * 2, dtype=torch.uint8, device=packed.device)
+    out[:, 0::2] = packed & 0x0F
+    out[:, 1::2] = packed >> 4
+    return out
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale.float()[:, None]
+
+
+def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
+    n, k = q.shape
+    g = q.float().view(n, k // group_size, group_size)
+    return ((g - 8) * scale.float()[..., None] + zero.float()[..., None]).view(n, k)
+
+
+def default_group_size(in_features: list[int], wanted: int | None = None) -> int:
+    """The group size asked for if every input size divides by it, else the largest kernel size that does."""
+    if wanted is not None:
+        if wanted not in INT4_GROUP_SIZES:
+            raise QuantError(f"--group-size must be one of {', '.join(map(str, INT4_GROUP_SIZES))} (got {wanted})")
+        bad = sorted({k for k in in_features if k % wanted})
+        if bad:
+            raise QuantError(f"input sizes {bad} are not multiples of group size {wanted}")
+        return wanted
+    for g in (128, 64, 32):
+        if all(k % g == 0 for k in in_features):
+            return g
+    raise QuantError(f"no int4 group size of {INT4_GROUP_SIZES} divides every input size ({sorted(set(in_features))})")
+
+
+class QuantLinear(torch.nn.Module):
+    """A linear layer with int8 or int4 weights; activations and output stay in the model's dtype.
+
+    Buffers as saved: `qweight` (int8 [N, K], or int4 nibbles uint8 [N, K/2]), `scales` ([N] for int8,
+    [N, K/g] for int4), `zeros` (int4 only), `bias` when the layer has one. `prepare()` makes the
+    kernel's own int4 packing (and drops the portable copy) once the weights are in place."""
+
+    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int | None = None,
+                 bias: bool = False, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if bits not in (4, 8):
+            raise QuantError(f"bits must be 8 or 4 (got {bits})")
+        self.in_features, self.out_features, self.bits = in_features, out_features, bits
+        self.group_size = group_size if bits == 4 else None
+        if bits == 8:
+            self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8))
+            self.register_buffer("scales", torch.empty(out_features, dtype=dtype))
+        else:
+            if not group_size or in_features % group_size:
+                raise QuantError(f"int4 needs a group size dividing {in_features} (got {group_size})")
+            groups = in_features // group_size
+            self.register_buffer("qweight", torch.empty(out_features, in_features // 2, dtype=torch.uint8))
+            self.register_buffer("scales", torch.empty(out_features, groups, dtype=dtype))
+            self.register_buffer("zeros", torch.empty(out_features, groups, dtype=dtype))
+        self.register_buffer("bias", torch.empty(out_features, dtype=dtype) if bias else None)
+        self._packed: torch.Tensor | None = None        # the int4 kernel's layout, made by prepare()
+        self._scale_zero: torch.Tensor | None = None    # [K/g, N, 2] in the activation dtype
+        self._kernel: str | None = None
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, bits: int, group_size: int | None = None) -> QuantLinear:
+        w = linear.weight.detach()
+        layer = cls(linear.in_features, linear.out_features, bits, group_size, linear.bias is not None, w.dtype)
+        if bits == 8:
+            q, scale = quantize_int8(w)
+            layer.qweight.copy_(q)
+            layer.scales.copy_(scale)
+        else:
+            q, scale, zero = quantize_int4(w, group_size)
+            layer.qweight.copy_(pack_nibbles(q))
+            layer.scales.copy_(scale)
+            layer.zeros.copy_(zero)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias.detach())
+        return layer
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The fp32 weight these numbers stand for (what a plain linear would hold)."""
+        if self.bits == 8:
+            return dequantize_int8(self.qweight, self.scales)
+        if self._packed is not None and self.qweight.numel() == 0:
+            raise QuantError("the portable int4 weights were dropped by prepare(keep_portable=False)")
+        return dequantize_int4(unpack_nibbles(self.qweight), self.scales, self.zeros, self.group_size)
+
+    def weight_bytes(self) -> int:
+        """Bytes the forward reads for the weights (values and scales)."""
+        tensors = [self._packed if self._packed is not None else self.qweight, self.scales]
+        if self.bits == 4:
+            tensors.append(self.zeros)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @torch.no_grad()
+    def prepare(self, keep_portable: bool = False) -> str:
+        """Choose the kernel for this device and make its weight layout; returns the kernel's name."""
+        self._kernel = "dequantize"
+        if self.qweight.device.type == "cpu":
+            if self.bits == 8 and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+                self._kernel = "int8pack"
+            elif self.bits == 4 and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") \
+                    and self.out_features % 16 == 0:
+                q = unpack_nibbles(self.qweight).to(torch.int32)
+                self._packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+                self._scale_zero = torch.stack([self.scales.t(), self.zeros.t()], dim=-1).contiguous()
+                self._kernel = "int4pack"
+                if not keep_portable:
+                    self.qweight = torch.empty(0, dtype=torch.uint8)
+        return self._kernel
+
+    def _apply(self, fn, recurse=True):  # .to(dtype) casts scales and zeros: the kernel's copy must follow
+        super()._apply(fn, recurse)
+        if self._scale_zero is not None:
+            self._scale_zero = torch.stack([self.scales.t(), self.zeros.t()], dim=-1).contiguous()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if self._kernel == "int8pack":
+            y = torch.ops.aten._weight_int8pack_mm(rows.contiguous(), self.qweight, self.scales.to(rows.dtype))
+        elif self._kernel == "int4pack":
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.contiguous(), self._packed, self.group_size,
+                                                           self._scale_zero.to(rows.dtype))
+        else:
+            y = F.linear(rows, self.dequantized_weight().to(rows.dtype))
+            return (y if self.bias is None else y + self.bias.to(y.dtype)).view(*x.shape[:-1], self.out_features)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        group = f", group_size={self.group_size}" if self.bits == 4 else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits}{group}, " \
+               f"kernel={self._kernel}"
