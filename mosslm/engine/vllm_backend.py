@@ -160,7 +160,7 @@ class VllmEngine:
                     if result.logprobs is not None and piece.logprobs:
                         for tid, entry in zip(piece.token_ids, piece.logprobs):
                             top = sorted(((i, lp.logprob) for i, lp in entry.items()), key=lambda t: -t[1])
-                            result.logprobs.append(TokenLogprob(tid, entry[tid].logprob, top[:params_k(vparams)]))
+                            result.logprobs.append(TokenLogprob(tid, entry[tid].logprob, top[:vparams.logprobs or 0]))
                     if piece.text:
                         handle._queue.put((piece.text, len(result.token_ids)))
                     if piece.finish_reason is not None:
@@ -192,7 +192,3 @@ class VllmEngine:
             self._abort(request_id)
         self._llm.shutdown()
         self._loop.call_soon_threadsafe(self._loop.stop)
-
-
-def params_k(vparams) -> int:
-    return vparams.logprobs or 0

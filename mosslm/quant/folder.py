@@ -205,33 +205,31 @@ def _copy_gguf_int4_blocks(model, path: Path) -> int:
     from .linear import pack_nibbles
 
     by_gguf = {v: k[: -len(".weight")] for k, v in _tensor_names(model.config).items()}
-    tied = getattr(model.config, "tie_word_embeddings", False) or "output.weight" not in {
-        t.name for t in gguf.GGUFReader(str(path)).tensors}
+    tensors = gguf.GGUFReader(str(path)).tensors
+    if "output.weight" not in {t.name for t in tensors}:
+        by_gguf["token_embd.weight"] = "lm_head"  # the untied head: the embedding's own blocks
+    modules = dict(model.named_modules())
     heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
     copied = 0
-    for t in gguf.GGUFReader(str(path)).tensors:
+    for t in tensors:
         kind = t.tensor_type.name
-        name = by_gguf.get(t.name)
-        targets = [name] if name else []
-        if t.name == "token_embd.weight" and tied:
-            targets = ["lm_head"]  # the untied head: the embedding's own blocks
-        for target in targets:
-            layer = dict(model.named_modules()).get(target)
-            if not isinstance(layer, QuantLinear) or kind not in ("Q4_0", "Q4_1"):
-                continue
-            size = 18 if kind == "Q4_0" else 20
-            raw = np.asarray(t.data, dtype=np.uint8).reshape(layer.out_features, -1, size)
-            d = raw[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-            if kind == "Q4_0":
-                zero, qs = np.zeros_like(d), raw[..., 2:]
-            else:
-                zero, qs = raw[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) + 8 * d, raw[..., 4:]
-            q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(layer.out_features, layer.in_features)
-            if target.endswith("q_proj") or target.endswith("k_proj"):
-                h = heads if target.endswith("q_proj") else kv_heads
-                q, d, zero = (_unpermute_rotary(a, h) for a in (q, d, zero))
-            layer.qweight.copy_(pack_nibbles(torch.from_numpy(np.ascontiguousarray(q))))
-            layer.scales.copy_(torch.from_numpy(np.ascontiguousarray(d)))
-            layer.zeros.copy_(torch.from_numpy(np.ascontiguousarray(zero)))
-            copied += 1
+        target = by_gguf.get(t.name)
+        layer = modules.get(target) if target else None
+        if not isinstance(layer, QuantLinear) or kind not in ("Q4_0", "Q4_1"):
+            continue
+        size = 18 if kind == "Q4_0" else 20
+        raw = np.asarray(t.data, dtype=np.uint8).reshape(layer.out_features, -1, size)
+        d = raw[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+        if kind == "Q4_0":
+            zero, qs = np.zeros_like(d), raw[..., 2:]
+        else:
+            zero, qs = raw[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) + 8 * d, raw[..., 4:]
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(layer.out_features, layer.in_features)
+        if target.endswith("q_proj") or target.endswith("k_proj"):
+            h = heads if target.endswith("q_proj") else kv_heads
+            q, d, zero = (_unpermute_rotary(a, h) for a in (q, d, zero))
+        layer.qweight.copy_(pack_nibbles(torch.from_numpy(np.ascontiguousarray(q))))
+        layer.scales.copy_(torch.from_numpy(np.ascontiguousarray(d)))
+        layer.zeros.copy_(torch.from_numpy(np.ascontiguousarray(zero)))
+        copied += 1
     return copied

@@ -178,7 +178,6 @@ class QuantLinear(torch.nn.Module):
                                                            self._scale_zero.to(rows.dtype))
         else:
             y = F.linear(rows, self.dequantized_weight().to(rows.dtype))
-            return (y if self.bias is None else y + self.bias.to(y.dtype)).view(*x.shape[:-1], self.out_features)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.view(*x.shape[:-1], self.out_features)
