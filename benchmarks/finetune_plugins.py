@@ -97,11 +97,16 @@ NAMED_SPAN_QUESTIONS = 160
 # of the handbook that does not hold the answer (the reply stays the base's), so that a general question that
 # the model searches anyway is still answered from what the base knew rather than from unrelated results.
 UNANSWERED_SEARCHES = 100
+# Hard negatives: general questions about the handbook's own topics (other capitals in Asia, other planets,
+# what bees collect) that its pages do not answer. Searched, they bring back a neighbouring page; the reply is
+# the base's own answer, kept only where it holds the expected fact, so the model learns that a page on the
+# same subject is not an answer. None is a question of plain_facts.jsonl.
+NEAR_HANDBOOK = ROOT / "mosslm" / "resources" / "general" / "near_handbook.jsonl"
 OTHER_COUNTS = {"arithmetic": 110, "solve": 30, "multi": 20, "identity": 40, "refusal": 50, "benign": 60,
                 "smalltalk": 20, "multiturn": 20, "language": 20}
 
 
-def training_mix(base: str, out: Path, seed: int) -> tuple[Path, dict]:
+def training_mix(base: str, out: Path, seed: int, near_handbook: bool = False) -> tuple[Path, dict]:
     """Writes the fine-tune's conversations (shuffled) and returns (file, counts per category)."""
     rng = random.Random(seed)
     meta = synth.RECIPES["plugins"].meta
@@ -115,6 +120,13 @@ def training_mix(base: str, out: Path, seed: int) -> tuple[Path, dict]:
     searched = [t for t in (synth_plugins.unanswered_search_turn(c.turns[0].human, c.turns[0].reply) for c in kept) if t]
     convs += kept + [protocol.Conversation(meta, [turn], extra={"category": "keep_knowledge_searched"})
                      for turn in rng.sample(searched, min(UNANSWERED_SEARCHES, len(searched)))]
+    if near_handbook:
+        near = [json.loads(line) for line in NEAR_HANDBOOK.read_text(encoding="utf-8").splitlines() if line.strip()]
+        near_replies = distill.base_replies(base, [item["question"] for item in near], 64, progress=False)
+        near_known = [(item["question"], reply) for item, reply in
+                      zip(near, (distill.whole_sentences(r) for r in near_replies)) if reply and holds(reply, item["expected"])]
+        convs += [protocol.Conversation(meta, [turn], extra={"category": "near_handbook_searched"})
+                  for turn in (synth_plugins.unanswered_search_turn(q, reply) for q, reply in near_known) if turn]
     rng.shuffle(convs)
     counts: dict[str, int] = {}
     for i, conv in enumerate(convs):
@@ -147,6 +159,8 @@ def main() -> int:
     ap.add_argument("--search", type=int, default=60, help="held-out handbook questions scored")
     ap.add_argument("--before", type=int, default=20, help="items per task scored before fine-tuning")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--near-handbook", action="store_true",
+                    help="add the hard negatives of resources/general/near_handbook.jsonl as searched fallbacks")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +175,7 @@ def main() -> int:
     if mix_file.exists() and (out / "train.jsonl").exists():  # a rerun resumes on the same mix
         train_file, (counts, mix_seconds) = out / "train.jsonl", json.loads(mix_file.read_text())
     else:
-        train_file, counts = training_mix(base, out, args.seed)
+        train_file, counts = training_mix(base, out, args.seed, args.near_handbook)
         mix_seconds = round(time.time() - started, 1)
         mix_file.write_text(json.dumps([counts, mix_seconds]))
     results["mix"], results["mix_seconds"] = counts, mix_seconds

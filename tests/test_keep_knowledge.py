@@ -109,3 +109,24 @@ def test_keep_knowledge_needs_a_base_with_a_chat_template(tmp_path, capsys):
     assert code != 0
     assert "chat template" in capsys.readouterr().err
     assert not (tmp_path / "run" / "keep_knowledge.jsonl").exists()
+
+
+def test_the_near_handbook_questions_are_new_and_their_answers_are_not_in_the_handbook():
+    from pathlib import Path
+
+    from mosslm.data.synth import plugins as synth_plugins
+
+    root = Path(__file__).resolve().parents[1]
+    near = [json.loads(line) for line in (root / "mosslm" / "resources" / "general" / "near_handbook.jsonl")
+            .read_text(encoding="utf-8").splitlines() if line.strip()]
+    facts = root / "benchmarks" / "plain_facts.jsonl"
+    held = {json.loads(line)["question"] for line in facts.read_text(encoding="utf-8").splitlines() if line.strip()}
+    asked = [item["question"] for item in near]
+    assert len(asked) == len(set(asked)) >= 30 and not held & set(asked)
+    assert not set(asked) & set(distill.read_questions())
+    docs, _ = synth_plugins.handbook()
+    pages = " ".join(d["text"].lower() for d in docs.values() if d["lang"] == "en")
+    # A hard negative: the handbook is on its subject but never holds the expected answer.
+    assert not [item for item in near if any(e.lower() in pages for e in item["expected"])]
+    # Each one, searched, is kept as a searched fallback (no snippet holds all of its key terms).
+    assert all(synth_plugins.unanswered_search_turn(q, "reply.") is not None for q in asked)
