@@ -4,10 +4,10 @@
 
 For each model (SmolLM2-135M-Instruct from `moss download smollm2`, and the 34M `small` preset with
 random weights and a tokenizer trained here), in this process and at this machine's thread count:
-1. writes its fp32 folder, `moss quantize` int8 and int4 copies, and `moss export --format gguf`
+1. writes its fp32 folder, `moss quantize` int8 and int4 copies (int4 in groups of 32, Q4_0's block), and `moss export --format gguf`
    f16, Q8_0 and Q4_0 files (the same weights for everyone);
 2. for fp32, bf16, int8 and int4 on our engine: weight memory, batch-1 decode tokens/s, aggregate
-   tokens/s at 16 streams, and perplexity on benchmarks/quant_text.txt (English and Chinese);
+   tokens/s at 16 streams, and perplexity on mosslm/resources/eval/bpb.txt (English and Chinese);
 3. llama.cpp on the Q8_0 and Q4_0 files, two ways: llama-cpp-python (batch-1 decode, the same prompts as
    token ids, greedy) and C++ `llama-bench -t THREADS -n NEW` (tg), when the peers are built
    (scripts/build_llama_peers.sh puts both in PEERS_DIR);
@@ -46,7 +46,7 @@ from mosslm.engine.engine import Engine, EngineConfig  # noqa: E402
 from mosslm.hardware import copy_bandwidth_gbs  # noqa: E402
 from mosslm.quant.gguf_export import export as export_gguf  # noqa: E402
 
-TEXT = Path(__file__).with_name("quant_text.txt")
+TEXT = ROOT / "mosslm" / "resources" / "eval" / "bpb.txt"  # also the text of `moss eval --tasks bpb`
 PEERS = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mosslm" / "peers"
 
 LLAMA_CPP_SCRIPT = r"""
@@ -176,7 +176,7 @@ def bench_model(name: str, out: Path, peers: Path, new: int, bandwidth: float) -
     for bits in (8, 4):
         folder = out / name / f"int{bits}"
         if not (folder / "quantized.safetensors").exists():
-            quant.quantize(str(source), str(folder), bits)
+            quant.quantize(str(source), str(folder), bits, 32 if bits == 4 else None)  # Q4_0's block of 32
         folders[f"int{bits}"] = folder
     ggufs = {}
     for q in ("f16", "q8_0", "q4_0"):

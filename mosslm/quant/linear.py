@@ -18,18 +18,37 @@ import torch
 import torch.nn.functional as F
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the CPU int4 kernel takes
+# torch's int8 kernel is a matrix-vector loop: its time grows with every row (measured on 2 Xeon cores:
+# 16 rows 4.6x one row). Above this many rows (prefill, perplexity, wide batches) the layer converts its
+# int8 values to the activation dtype block by block (exact: |q| <= 127 fits bf16's mantissa) and runs
+# one matmul per block, the scale applied to the output: 64 rows of [1536 x 576] 0.20 ms against 0.65 ms.
+INT8_MATMUL_ROWS = 16
+INT8_BLOCK_ROWS = 4096  # output rows converted at a time: a few MB that the allocator reuses
 
 
 class QuantError(ValueError):
     pass
 
 
+INT8_CLIP_RATIOS = torch.linspace(0.6, 1.0, 21)
+
+
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q int8 [N, K], scale fp32 [N]) with weight ~= q * scale[:, None]."""
+    """(q int8 [N, K], scale fp32 [N]) with weight ~= q * scale[:, None].
+
+    Each row's scale is the one of `INT8_CLIP_RATIOS` x its largest magnitude / 127 with the least squared
+    error: a row's few outliers are clipped when that makes the grid finer for the rest (SmolLM2-135M's
+    perplexity: +0.91% over fp32 with the plain max scale, +0.75% with this)."""
     w = weight.detach().float()
-    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
-    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, scale
+    amax = w.abs().amax(dim=1).clamp(min=1e-12)
+    best_scale, best_err = amax / 127, torch.full_like(amax, float("inf"))
+    for ratio in INT8_CLIP_RATIOS:
+        scale = amax * ratio / 127
+        err = ((torch.round(w / scale[:, None]).clamp(-127, 127) * scale[:, None] - w) ** 2).sum(dim=1)
+        better = err < best_err
+        best_err, best_scale = torch.where(better, err, best_err), torch.where(better, scale, best_scale)
+    q = torch.round(w / best_scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, best_scale
 
 
 def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -113,6 +132,7 @@ class QuantLinear(torch.nn.Module):
         self._packed: torch.Tensor | None = None        # the int4 kernel's layout, made by prepare()
         self._scale_zero: torch.Tensor | None = None    # [K/g, N, 2] in the activation dtype
         self._kernel: str | None = None
+        self._cast_scales: torch.Tensor | None = None   # int8 scales in the activation dtype
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, bits: int, group_size: int | None = None) -> QuantLinear:
@@ -152,6 +172,10 @@ class QuantLinear(torch.nn.Module):
         self._kernel = "dequantize"
         if self.qweight.device.type == "cpu":
             if self.bits == 8 and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+                # Tensors read from a safetensors file can start at any byte; the kernel's vector loads crash
+                # on such a weight (seen with 16 rows, bf16), so it gets a copy from torch's aligned allocator.
+                if self.qweight.data_ptr() % 64:
+                    self.qweight = self.qweight.clone()
                 self._kernel = "int8pack"
             elif self.bits == 4 and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") \
                     and self.out_features % 16 == 0:
@@ -163,16 +187,24 @@ class QuantLinear(torch.nn.Module):
                     self.qweight = torch.empty(0, dtype=torch.uint8)
         return self._kernel
 
-    def _apply(self, fn, recurse=True):  # .to(dtype) casts scales and zeros: the kernel's copy must follow
+    def _apply(self, fn, recurse=True):
+        # .to(dtype) casts scales and zeros: the int4 kernel's copy must follow. int8 scales stay fp32 (the
+        # many-row path applies them in fp32); the kernel gets a cached copy in the activation dtype.
+        fp32_scales = self.scales if self.bits == 8 and self.scales.dtype == torch.float32 else None
         super()._apply(fn, recurse)
+        self._cast_scales = None
+        if fp32_scales is not None and self.scales.dtype != torch.float32:
+            self.scales = fp32_scales.to(self.scales.device)
         if self._scale_zero is not None:
             self._scale_zero = torch.stack([self.scales.t(), self.zeros.t()], dim=-1).contiguous()
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if self._kernel == "int8pack":
-            y = torch.ops.aten._weight_int8pack_mm(rows.contiguous(), self.qweight, self.scales.to(rows.dtype))
+        if self._kernel == "int8pack" and rows.shape[0] > INT8_MATMUL_ROWS:
+            y = self._int8_blocks(rows)
+        elif self._kernel == "int8pack":
+            y = torch.ops.aten._weight_int8pack_mm(rows.contiguous(), self.qweight, self._scales_as(rows.dtype))
         elif self._kernel == "int4pack":
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.contiguous(), self._packed, self.group_size,
                                                            self._scale_zero.to(rows.dtype))
@@ -181,6 +213,21 @@ class QuantLinear(torch.nn.Module):
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.view(*x.shape[:-1], self.out_features)
+
+    def _scales_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """The int8 scales in the kernel's dtype, cast once (a decode step calls every layer once per token)."""
+        cached = self._cast_scales
+        if cached is None or cached.dtype != dtype or cached.device != self.scales.device:
+            cached = self._cast_scales = self.scales.to(dtype)
+        return cached
+
+    def _int8_blocks(self, rows: torch.Tensor) -> torch.Tensor:
+        y = torch.empty(rows.shape[0], self.out_features, dtype=rows.dtype, device=rows.device)
+        scales = self.scales.float()  # applied in fp32
+        for start in range(0, self.out_features, INT8_BLOCK_ROWS):
+            block = slice(start, start + INT8_BLOCK_ROWS)
+            torch.mul(F.linear(rows, self.qweight[block].to(rows.dtype)), scales[block], out=y[:, block])
+        return y
 
     def extra_repr(self) -> str:
         group = f", group_size={self.group_size}" if self.bits == 4 else ""
