@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(verbs)
     from .quant.cli import add_quantize_parser
     add_quantize_parser(verbs)
+    from .eval.cli import add_eval_parser
+    add_eval_parser(verbs)
 
     tokenizer = verbs.add_parser("tokenizer", help="train and evaluate tokenizers",
                                  description="Train a byte-level BPE tokenizer or compare tokenizers.")

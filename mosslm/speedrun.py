@@ -111,6 +111,9 @@ def run(out: str | Path, preset: str = "default", seed: int = 0, set_default: bo
                        dtype=eval_cfg.get("dtype", "auto"))
     timings["eval"] = time.time() - t
     (out / "eval.json").write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+    from .eval import report as card, tasks as eval_tasks
+    card.write(out / "card", init, {"tools": eval_tasks.tool_metrics(result)}, {"tools": round(timings["eval"], 1)},
+               {"from": "moss speedrun", "dtype": result.get("dtype_choice", "fp32")})
 
     installed = install_default(Path(init)) if set_default else None
     summary = {"preset": preset, "seed": seed, "config": cfg, "corpus": manifest, "vocab_size": len(tok),
@@ -155,7 +158,12 @@ def write_report(out: Path, s: dict[str, Any]) -> Path:
                   + (f" (val {st['val_loss']:.3f})" if st["val_loss"] is not None else ""),
                   "", f"![{name} loss]({name}/loss.png)", ""]
     lines += ["## Quick eval (held-out items: tool choice and answers per plugin, identity, refusals)", "",
-              f"- precision: {s['eval'].get('dtype_choice', 'fp32')}", "", table(s["eval"]), "",
+              f"- precision: {s['eval'].get('dtype_choice', 'fp32')}", "",
+              "![report card](card/card.png)", "",
+              "Green bars meet their target (the black tick), red ones miss it. The card's numbers are in "
+              "`card/results.json`: `moss eval --compare RUN_A/card RUN_B/card` puts two runs side by side, "
+              "and `moss eval --model MODEL --tasks bpb,tools,safety` adds bits per byte and the safety sets.", "",
+              table(s["eval"]), "",
               "## Sample dialogues", ""]
     for sample in s["eval"]["samples"]:
         lines += [f"**{sample['task']} ({sample['lang']})**", "", "```", sample["protocol"].rstrip("\n"), "```", ""]

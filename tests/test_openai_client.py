@@ -145,6 +145,36 @@ def test_completions_with_echo_and_logprobs(url, generator):
     assert again.choices[0].logprobs.token_logprobs[1:n_prompt] == pytest.approx(lp.token_logprobs[1:n_prompt], abs=1e-4)
 
 
+def test_echo_keeps_the_entry_of_a_stop_token_so_a_one_token_continuation_scores(generator):
+    # lm-eval drops the last echoed entry as the generated token's; when the model's next token is a
+    # terminator that entry must still be there, or the continuation's last token would go unscored.
+    from conftest import meta_with
+    from mosslm import protocol
+    from mosslm.plugins.registry import BUILTINS
+    from mosslm.serve.completions import _logprobs
+    from mosslm.serve.openai_tools import client_plugins
+
+    if os.environ.get("MOSSLM_TEST_BACKEND") == "vllm":
+        pytest.skip("vLLM reports the stop token itself")
+    meta = meta_with({"Calculate": BUILTINS["Calculate"], **client_plugins([WEATHER])})
+    calc = protocol.Turn(CALC_Q, "1234*5678=7006652。", plugin=True, thoughts="需要计算",
+                         commands='Calculate("1234*5678")', results="Calculate(\"1234*5678\") => '7006652'\n")
+    text = protocol.Conversation(meta, [calc]).render()
+    ids = generator.encode(text[:text.rindex("<eom>")])
+    tok = generator.loaded.tokenizer
+    eom = tok.convert_tokens_to_ids("<eom>")
+    handle = generator.engine.submit(ids, SamplingParams(max_new_tokens=1, temperature=0.0, logprobs=1,
+                                                         prompt_logprobs=1, stop_token_ids=[eom]))
+    for _ in handle:
+        pass
+    result = handle.result
+    assert result.finish_reason == "stop" and result.token_ids == [] and result.stop_logprob.token_id == eom
+    echoed = _logprobs(tok, ids, result, echo=True)
+    assert len(echoed["token_logprobs"]) == len(ids) + 1 and echoed["tokens"][-1] == "<eom>"
+    assert echoed["token_logprobs"][-1] > -1  # the memorised terminator
+    assert len(_logprobs(tok, ids, result, echo=False)["tokens"]) == 0  # without echo, as OpenAI: generated only
+
+
 def test_json_schema_response_format_parses_and_validates(url):
     schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
                                                "days": {"type": "integer", "minimum": 1, "maximum": 30}},

@@ -207,3 +207,29 @@ def test_a_full_engine_answers_503_at_once(tool_model):
     assert e.value.status == 503 and "max_running" in str(e.value) and e.value.retry_after
     first.cancel()
     generator.engine.shutdown()
+
+
+def _call(url: str, path: str, body=None) -> tuple[int, dict]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_the_tokenizer_endpoints_lm_eval_probes(api, tool_model):
+    """lm-eval's local-completions (tokenizer_backend=auto) asks for these, at the root and under /v1."""
+    url, _ = api
+    tok = load(tool_model).tokenizer
+    for prefix in ("", "/v1"):
+        status, info = _call(url, prefix + "/tokenizer_info")
+        assert status == 200 and info["eos_token"] == tok.eos_token and info["vocab_size"] == len(tok)
+        status, got = _call(url, prefix + "/tokenize", {"prompt": "北京是中国的首都。", "add_special_tokens": False})
+        assert status == 200 and got["tokens"] == tok.encode("北京是中国的首都。", add_special_tokens=False)
+        status, back = _call(url, prefix + "/detokenize", {"tokens": got["tokens"]})
+        assert status == 200 and back["prompt"] == "北京是中国的首都。"
+    assert _call(url, "/detokenize", {"tokens": [len(tok) + 5]})[0] == 400
+    assert _call(url, "/tokenize", {"text": "no prompt field"})[0] == 400
+    assert _call(url, "/tokenize", {"prompt": "x", "model": "another-model"})[0] == 404

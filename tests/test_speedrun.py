@@ -25,7 +25,12 @@ def test_micro_speedrun_end_to_end(tmp_path):
     for needle in ("## Timings", "## Quick eval", "calculate_well_formed", "names_moss_in_language",
                    "![sft loss](sft/loss.png)", "## Sample dialogues", "<|Human|>:"):
         assert needle in report, needle
+    # The report card: a PNG the report shows, over the same numbers as eval.json
+    assert "![report card](card/card.png)" in report
+    assert (out / "card" / "card.png").read_bytes()[:4] == b"\x89PNG"
+    card = json.loads((out / "card" / "results.json").read_text())["tools"]
     evaluation = json.loads((out / "eval.json").read_text())
+    assert card["arithmetic/calculate_well_formed"] == evaluation["metrics"]["arithmetic"]["calculate_well_formed"]
     assert set(evaluation["metrics"]) == {"arithmetic", "identity", "refusal", "benign"}
     # The precision `dtype: auto` picked for each stage is in its checkpoint and, word for word, in the report.
     for stage in ("pretrain", "sft"):

@@ -378,6 +378,8 @@ class Engine:
                 h.ttft = now - r.submitted
             if token in self.stop_token_ids or token in r.params.stop_token_ids:
                 h.result.finish_reason = "stop"
+                if r.params.logprobs is not None:
+                    h.result.stop_logprob = token_logprobs(logits[i: i + 1], [token], r.params.logprobs)[0]
                 h.result.stopped_on = self.tokenizer.convert_ids_to_tokens(token)
                 finished.append(r)
                 continue

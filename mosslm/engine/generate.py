@@ -38,6 +38,7 @@ class Generation:
     # Filled by the engine (engine.Engine) when SamplingParams asks; None when off:
     logprobs: list[TokenLogprob] | None = None  # one per token_ids entry, appended as tokens are produced
     prompt_logprobs: list[TokenLogprob | None] | None = None  # one per prompt token; the first is None
+    stop_logprob: TokenLogprob | None = None  # the stop token's, when a stop token ended it with logprobs on
 
 
 @torch.inference_mode()

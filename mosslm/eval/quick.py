@@ -12,12 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import protocol
-from ..agent import Agent, ModelGenerator
 from ..data.synth import is_refusal, language_of
 from ..data.synth import plugins as synth_plugins
-from ..engine import SamplingParams
 from ..model import load
 from ..plugins.calculator import calculate
+from .answers import Answerer, Asked, trained_plugins
 
 
 def load_items(path: str | Path, limit_per_task: int | None = None) -> list[dict]:
@@ -82,44 +81,33 @@ def _solve_known_first(equations: str) -> str | None:
     return synth_plugins.KNOWN_SOLUTIONS.get(equations) or solve(equations, timeout=5.0)
 
 
-def eval_agent(model_dir: str | Path, max_new_tokens: int = 96, dtype: str = "auto") -> Agent:
-    """The agent the eval talks to: greedy, with the plugins the model was trained with, as `moss chat`
-    sets them; Search over a fresh index of the bundled handbook (not the user's default KB), Solve
-    answering known equations at once and anything else in the real, time-limited worker."""
-    loaded = load(model_dir, dtype=dtype)
+def eval_plugins() -> dict:
+    """The plugins the eval runs: Search over a fresh index of the bundled handbook (not the user's default
+    KB), Solve answering known equations at once and anything else in the real, time-limited worker."""
     plugins = synth_plugins.synth_plugins()
     plugins["Solve"] = replace(plugins["Solve"], run=_solve_known_first)
-    agent = Agent(ModelGenerator(loaded), speaks_moss=True, preset=loaded.protocol or "mosslm",
-                  params=SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0),
-                  available=plugins)
-    meta = Path(model_dir) / "mosslm.json"
-    trained = json.loads(meta.read_text()).get("plugins") if meta.exists() else None
-    agent.set_plugins(trained or ["Calculate"])
-    return agent
+    return plugins
 
 
-def run(model_dir: str | Path, eval_path: str | Path, limit_per_task: int | None = None,
-        max_new_tokens: int = 96, progress: bool = True, samples_per_task: int = 3, dtype: str = "auto") -> dict:
-    """Returns {"metrics": {task: {metric: share}}, "counts": ..., "samples": [...]}."""
-    items = load_items(eval_path, limit_per_task)
+def eval_agent(model_dir: str | Path, max_new_tokens: int = 96, dtype: str = "auto"):
+    """One agent as the eval runs it (greedy, the plugins the model was trained with), for scripts that
+    talk to it turn by turn."""
+    answerer = Answerer(load(model_dir, dtype=dtype), eval_plugins(), max_new_tokens, workers=1)
+    return answerer.agent(trained_plugins(model_dir) or ["Calculate"])
+
+
+def run_items(answerer: Answerer, items: list[dict], plugins: list[str], bar=None,
+              samples_per_task: int = 3) -> dict:
+    """Scores quick-eval items (greedy, the given plugins, all at once on the engine)."""
     for item in items:  # the eval's equations have known solutions: no sympy worker per item
         if item["task"] == "solve":
             synth_plugins.KNOWN_SOLUTIONS[item["expr"]] = item["expected"]
-    agent = eval_agent(model_dir, max_new_tokens, dtype)
+    asked = [Asked(item["question"], [tuple(h) for h in item.get("history") or []]) for item in items]
+    turns = answerer.answer(asked, plugins, bar)
     hits: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     counts: dict[str, int] = defaultdict(int)
     samples: list[dict] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(items), desc="eval", unit="item", dynamic_ncols=True)
-    for item in items:
-        agent.clear()
-        for question, answer in item.get("history") or []:
-            agent.history.turns.append(protocol.Turn(question, answer, plugin=True))
-        for _ in agent.send(item["question"]):
-            pass
-        turn = agent.history.turns[-1]
+    for item, turn in zip(items, turns):
         result = score(item, turn)
         counts[item["task"]] += 1
         for metric, ok in result.items():
@@ -127,14 +115,29 @@ def run(model_dir: str | Path, eval_path: str | Path, limit_per_task: int | None
         if sum(1 for s in samples if s["task"] == item["task"]) < samples_per_task:
             samples.append({"task": item["task"], "lang": item["lang"], "question": item["question"],
                             "protocol": turn.render(), **result})
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
     metrics = {task: {m: hits[task][m] / counts[task] for m in hits[task]} for task in counts}
-    choice = agent.generator.loaded.dtype_choice
-    return {"metrics": metrics, "counts": dict(counts), "samples": samples,
-            "dtype": choice.dtype, "dtype_choice": choice.line()}
+    return {"metrics": metrics, "counts": dict(counts), "samples": samples}
+
+
+def run(model_dir: str | Path, eval_path: str | Path, limit_per_task: int | None = None,
+        max_new_tokens: int = 96, progress: bool = True, samples_per_task: int = 3, dtype: str = "auto") -> dict:
+    """Returns {"metrics": {task: {metric: share}}, "counts": ..., "samples": [...]}: every item through
+    the same agent as `moss chat` (greedy, the plugins the model was trained with)."""
+    items = load_items(eval_path, limit_per_task)
+    loaded = load(model_dir, dtype=dtype)
+    answerer = Answerer(loaded, eval_plugins(), max_new_tokens)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(items), desc="eval", unit="item", dynamic_ncols=True)
+    try:
+        result = run_items(answerer, items, trained_plugins(model_dir) or ["Calculate"], bar, samples_per_task)
+    finally:
+        answerer.close()
+        if bar is not None:
+            bar.close()
+    choice = loaded.dtype_choice
+    return {**result, "dtype": choice.dtype, "dtype_choice": choice.line()}
 
 
 # The acceptance thresholds of the speedrun, shown next to each number in the report.

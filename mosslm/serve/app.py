@@ -1,7 +1,7 @@
 """`moss serve`: the OpenAI-compatible HTTP layer (routes, body limits, error envelopes).
 
 Routes: POST /v1/chat/completions and /v1/completions (streaming or not),
-GET /v1/models, /health (503 while the model loads), /metrics (Prometheus);
+GET /v1/models, /tokenizer_info, POST /tokenize and /detokenize, /health (503 while the model loads), /metrics (Prometheus);
 the web chat at / and its API under /api/ (webchat.py).
 The request handling below HTTP is in server.py; the chat shapes in chat.py,
 completions in completions.py, keys and limits in keys.py.
@@ -150,8 +150,10 @@ def create_app(server: Server) -> FastAPI:
         return StreamingResponse(body(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    from .tokenizer_api import add_tokenizer_routes
     from .webchat import add_web_chat
 
+    add_tokenizer_routes(app, server)
     add_web_chat(app, server)
     return app
 

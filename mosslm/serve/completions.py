@@ -3,7 +3,8 @@
 `echo` + `logprobs` return the prompt's own token log-probs (the first one
 null), which is how lm-evaluation-harness's `local-completions` model scores
 log-likelihood: it sends token-id prompts with `max_tokens: 1`, `echo: true`,
-`logprobs: 1`, and sums `token_logprobs` over the continuation.
+`logprobs: 1`, and sums `token_logprobs` over the continuation, dropping the last entry (the generated
+token's, which with echo is there even when it is a stop token).
 """
 
 from __future__ import annotations
@@ -89,7 +90,13 @@ def _logprobs(tok, prompt_ids: list[int], result, echo: bool) -> dict:
             tokens.append(text(t))
             token_lps.append(None if e is None else e.logprob)
             tops.append(None if e is None else {text(a): lp for a, lp in e.top})
-    for e in getattr(result, "logprobs", None) or []:
+    generated = list(getattr(result, "logprobs", None) or [])
+    stop = getattr(result, "stop_logprob", None)
+    if echo and stop is not None:
+        # With echo the stop token's entry is kept, as vLLM keeps it: lm-eval sums token_logprobs[ctxlen:-1],
+        # taking the last entry for the generated token; without it a one-token continuation would sum to 0.
+        generated.append(stop)
+    for e in generated:
         tokens.append(text(e.token_id))
         token_lps.append(e.logprob)
         tops.append({text(a): lp for a, lp in e.top})
