@@ -41,8 +41,8 @@ from eval_sets import write_sets  # noqa: E402
 from mosslm import model as modellib  # noqa: E402
 from mosslm.eval import bpb as bpb_task  # noqa: E402
 from mosslm.eval import choice  # noqa: E402
-from mosslm.eval.likelihood import encode_pair, loglikelihoods  # noqa: E402
-from mosslm.eval.tasks import BUNDLED_TEXT  # noqa: E402
+from mosslm.eval.likelihood import encode_pair  # noqa: E402
+from mosslm.eval.tasks import BUNDLED_TEXT, pick_letters  # noqa: E402
 
 LM_EVAL = Path(os.environ.get("LM_EVAL_DIR", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                               / "mosslm" / "lm-eval"))
@@ -76,12 +76,7 @@ def ours(model, tok, prompts, batch: int, share: bool = True) -> tuple[dict, flo
     started = time.perf_counter()
     acc = {}
     for name, items in prompts.items():
-        requests = [encode_pair(tok, p, prefix + letter) for p, prefix, _ in items for letter in choice.LETTERS]
-        scores = loglikelihoods(model, tok, requests, batch, share_prefixes=share)
-        picked = []
-        for i in range(len(items)):
-            row = [s.logprob for s in scores[4 * i:4 * i + 4]]
-            picked.append(choice.LETTERS[row.index(max(row))])
+        picked = pick_letters(model, tok, [p for p, _, _ in items], items[0][1], batch, share_prefixes=share)
         acc[name] = choice.accuracy([q for _, _, q in items], picked)["acc_micro"]
     return acc, time.perf_counter() - started
 

@@ -36,10 +36,6 @@ class TaskSpec:
     name: str
     path: str | None = None
 
-    @property
-    def label(self) -> str:
-        return self.name
-
 
 def parse_tasks(spec: str) -> list[TaskSpec]:
     tasks = []
@@ -61,8 +57,16 @@ def parse_tasks(spec: str) -> list[TaskSpec]:
     return tasks
 
 
-def letter_continuations(tokenizer, context: str, layout: choice.Layout) -> list[tuple[list[int], list[int]]]:
-    return [encode_pair(tokenizer, context, layout.letter_prefix + letter) for letter in choice.LETTERS]
+def pick_letters(model, tokenizer, prompts: list[str], letter_prefix: str, batch_size: int,
+                 progress: str | None = None, share_prefixes: bool = True) -> list[str]:
+    """Each prompt's answer letter with the highest log-likelihood (the first on a tie, as lm-eval's argmax)."""
+    requests = [encode_pair(tokenizer, p, letter_prefix + letter) for p in prompts for letter in choice.LETTERS]
+    scores = loglikelihoods(model, tokenizer, requests, batch_size, progress, share_prefixes)
+    picked = []
+    for i in range(len(prompts)):
+        row = [s.logprob for s in scores[4 * i:4 * i + 4]]
+        picked.append(choice.LETTERS[row.index(max(row))])
+    return picked
 
 
 def multiple_choice(loaded, answerer_factory, spec: TaskSpec, shots: int, limit: int | None,
@@ -73,13 +77,8 @@ def multiple_choice(loaded, answerer_factory, spec: TaskSpec, shots: int, limit:
     prompts = [choice.prompt(q, layout, dev, shots) for q in questions]
     result: dict = {"n": len(questions), "shots": shots}
     if "loglik" in scorings:
-        tok = loaded.tokenizer
-        requests = [pair for p in prompts for pair in letter_continuations(tok, p, layout)]
-        scores = loglikelihoods(loaded.model, tok, requests, batch_size, progress=f"{spec.name} loglik" if progress else None)
-        picked = []
-        for i in range(len(questions)):
-            row = [s.logprob for s in scores[4 * i:4 * i + 4]]
-            picked.append(choice.LETTERS[row.index(max(row))])
+        picked = pick_letters(loaded.model, loaded.tokenizer, prompts, layout.letter_prefix, batch_size,
+                              f"{spec.name} loglik" if progress else None)
         acc = choice.accuracy(questions, picked)
         result.update({"acc_loglik": acc["acc"], "acc_loglik_micro": acc["acc_micro"],
                        "subjects_loglik": acc["subjects"]})
