@@ -2,10 +2,12 @@
 
     bash scripts/build_lm_eval_env.sh        # lm-eval in its own venv (once)
     python benchmarks/lm_eval_parity.py --out DIR [--questions 500] [--shots 0|5] [--http-questions 100]
+        [--subjects field|page] [--speed-only]
 
 On SmolLM2-135M-Instruct (`moss download smollm2`, saved as a plain fp32 HF folder, which is what
 lm-eval's `hf` model reads), with the multiple-choice sets of benchmarks/eval_sets.py (Chinese items in
-the CMMLU layout, English ones in MMLU's) and the bundled bpb text:
+the CMMLU layout, English ones in MMLU's; a subject per field of the handbook, ~36 questions each, or
+per page with --subjects page) and the bundled bpb text:
 1. ours: `moss eval`'s scoring (accuracy by the answer letter's log-likelihood, bits per byte), batched
    (with few-shot prompts, a subject's shared header and examples run once), then one question at a time
    (our code at batch 1, nothing shared), then the way CMMLU's own script scores (one forward per question
@@ -199,6 +201,9 @@ def main() -> int:
     ap.add_argument("--http-questions", type=int, default=100, help="per set, for the HTTP run (0: skip it)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--shots", type=int, default=0, help="solved dev examples before each question (CMMLU: 5)")
+    ap.add_argument("--subjects", choices=["field", "page"], default="field",
+                    help="a subject per field of the handbook (dozens of questions each, as in CMMLU) or per page")
+    ap.add_argument("--speed-only", action="store_true", help="time our two ways and stop (no lm-eval)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,15 +218,20 @@ def main() -> int:
         loaded.tokenizer.save_pretrained(folder)
     loaded = modellib.load(folder, dtype="fp32")
     model, tok = loaded.model, loaded.tokenizer
-    sets = write_sets(out / "sets", args.questions)
+    sets = write_sets(out / "sets", args.questions, by=args.subjects)
     prompts = our_prompts(sets, args.shots)
     n = sum(len(v) for v in prompts.values())
-    res: dict = {"questions": n, "threads": torch.get_num_threads(), "batch": args.batch, "shots": args.shots}
+    res: dict = {"questions": n, "threads": torch.get_num_threads(), "batch": args.batch, "shots": args.shots,
+                 "subjects": {name: len({q.subject for _, _, q in items}) for name, items in prompts.items()}}
 
     print(f"== ours, batched ({n} questions, {args.shots}-shot)", flush=True)
     res["ours_batched"], res["ours_batched_s"] = ours(model, tok, prompts, args.batch)
     print("== ours, one question at a time (its four letters in one row, no shared prefix)", flush=True)
     res["ours_one"], res["ours_one_s"] = ours(model, tok, prompts, 1, share=False)
+    if args.speed_only:
+        print(json.dumps(res))
+        print(f"ours batched is {res['ours_one_s'] / res['ours_batched_s']:.2f}x faster than one question at a time")
+        return 0
     print("== CMMLU's script way (one forward per question, full logits)", flush=True)
     res["script_way"], res["script_way_s"] = cmmlu_script_way(model, tok, prompts)
     started = time.perf_counter()
