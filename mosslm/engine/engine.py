@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from . import cpu
+from . import cpu, runner
 from .detokenizer import IncrementalDetokenizer, StopMatcher
 from .generate import Generation, _cache_keyword
 from .kv_cache import MIN_PREFIX_COPY, SlotKV, SlotTable, common_prefix
@@ -72,6 +72,7 @@ class EngineConfig:
     prefix_caching: bool = True    # reuse the KV of prompt prefixes already in a slot
     cpu_fast_paths: bool = True    # on CPU: release the loading thread's OpenMP team, oneDNN-packed weights (cpu.py)
     packed_linears: str = "auto"   # auto: packed where it measures faster on this CPU (cpu.py) | always | never
+    own_decoder: bool = True       # run Llama-family layers with runner.py (fewer calls a step) where it applies
 
 
 @dataclass
@@ -183,6 +184,9 @@ class Engine:
         self.decoder = model.get_decoder()
         self._cache_kw = _cache_keyword(self.decoder)
         self.head = model.get_output_embeddings()
+        why_not = runner.unsupported_reason(model, self.max_seq_len) if cfg.own_decoder else "turned off"
+        self.runner = runner.DecoderRunner(model) if why_not is None else None
+        self.runner_note = "own decoder" if why_not is None else f"transformers' decoder ({why_not})"
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
@@ -356,11 +360,15 @@ class Engine:
         mask = torch.zeros(len(tokens), 1, n, kv_len, dtype=self.dtype)
         mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(self.dtype).min)
         with cpu.engine_calls() if self.packed else contextlib.nullcontext():
-            out = self.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                               position_ids=q_pos.to(self.device), use_cache=True, **{self._cache_kw: self.kv})
-            hidden = out.last_hidden_state[torch.arange(len(tokens)), torch.tensor(lengths) - 1]
+            if self.runner is not None:
+                states = self.runner(ids.to(self.device), mask.to(self.device), q_pos.to(self.device), self.kv)
+            else:
+                states = self.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      position_ids=q_pos.to(self.device), use_cache=True,
+                                      **{self._cache_kw: self.kv}).last_hidden_state
+            hidden = states[torch.arange(len(tokens)), torch.tensor(lengths) - 1]
             for b in full or ():
-                full[b] = self.head(out.last_hidden_state[b, : lengths[b]]).float()
+                full[b] = self.head(states[b, : lengths[b]]).float()
             return self.head(hidden).float()
 
     def _sample(self, reqs: list[Request], logits: torch.Tensor) -> None:
