@@ -106,7 +106,8 @@ OTHER_COUNTS = {"arithmetic": 110, "solve": 30, "multi": 20, "identity": 40, "re
                 "smalltalk": 20, "multiturn": 20, "language": 20}
 
 
-def training_mix(base: str, out: Path, seed: int, near_handbook: bool = False) -> tuple[Path, dict]:
+def training_mix(base: str, out: Path, seed: int, near_handbook: bool = False,
+                 unanswered: int = UNANSWERED_SEARCHES) -> tuple[Path, dict]:
     """Writes the fine-tune's conversations (shuffled) and returns (file, counts per category)."""
     rng = random.Random(seed)
     meta = synth.RECIPES["plugins"].meta
@@ -119,7 +120,7 @@ def training_mix(base: str, out: Path, seed: int, near_handbook: bool = False) -
     kept = distill.keep_knowledge_conversations(base, meta)
     searched = [t for t in (synth_plugins.unanswered_search_turn(c.turns[0].human, c.turns[0].reply) for c in kept) if t]
     convs += kept + [protocol.Conversation(meta, [turn], extra={"category": "keep_knowledge_searched"})
-                     for turn in rng.sample(searched, min(UNANSWERED_SEARCHES, len(searched)))]
+                     for turn in rng.sample(searched, min(unanswered, len(searched)))]
     if near_handbook:
         near = [json.loads(line) for line in NEAR_HANDBOOK.read_text(encoding="utf-8").splitlines() if line.strip()]
         near_replies = distill.base_replies(base, [item["question"] for item in near], 64, progress=False)
@@ -161,6 +162,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--near-handbook", action="store_true",
                     help="add the hard negatives of resources/general/near_handbook.jsonl as searched fallbacks")
+    ap.add_argument("--unanswered", type=int, default=UNANSWERED_SEARCHES,
+                    help="general questions also given after a Search that does not answer them (at most every one "
+                         "the base answered)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +179,7 @@ def main() -> int:
     if mix_file.exists() and (out / "train.jsonl").exists():  # a rerun resumes on the same mix
         train_file, (counts, mix_seconds) = out / "train.jsonl", json.loads(mix_file.read_text())
     else:
-        train_file, counts = training_mix(base, out, args.seed, args.near_handbook)
+        train_file, counts = training_mix(base, out, args.seed, args.near_handbook, args.unanswered)
         mix_seconds = round(time.time() - started, 1)
         mix_file.write_text(json.dumps([counts, mix_seconds]))
     results["mix"], results["mix_seconds"] = counts, mix_seconds
