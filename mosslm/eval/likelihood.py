@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mosslm.engine.kv_cache import common_prefix
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -81,14 +83,6 @@ def _score(logp: torch.Tensor, members: list, out: list) -> None:
         out[i] = Scored(float(picked.sum()), bool((rows_lp.argmax(-1) == target).all()))
 
 
-def _common(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 def shared_prefix_groups(rows: list[tuple[list[int], list]], min_shared: int) -> tuple[list, list]:
     """(groups, alone): rows whose inputs start with the same `min_shared` or more tokens (a few-shot
     prompt's header and solved examples) as (prefix length, rows), in token order; the rest alone. Every row
@@ -98,7 +92,7 @@ def shared_prefix_groups(rows: list[tuple[list[int], list]], min_shared: int) ->
     for row in ordered:
         room = len(row[0]) - max(len(c) for _, c in row[1])
         if current:
-            common = min(shared, _common(current[0][0], row[0]), room)
+            common = min(shared, common_prefix(current[0][0], row[0]), room)
             if common >= min_shared:
                 current.append(row)
                 shared = common
