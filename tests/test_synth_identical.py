@@ -87,3 +87,18 @@ def test_tool_recipe_bytes_are_unchanged(seed, tmp_path):
                  "--questions", str(TOOLS / "questions.jsonl"), "--plugins", "Calculate", "--seed", str(seed),
                  "--out", str(out / "tool.jsonl")]) == 0
     assert sha256_of_files(out) == TOOL_SHA256[seed]
+
+
+@pytest.mark.parametrize("hash_seed", ["2", "11"])
+def test_corpus_bytes_do_not_depend_on_the_hash_seed(hash_seed, tmp_path):
+    """Python salts str hashes per process, so a set's order differs between runs; no byte may follow it
+    (hash seed 2 once reordered two Search sentences whose weights summed in a different order)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "corpus"
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    subprocess.run([sys.executable, "-m", "mosslm", "data", "synth", "--recipe", "plugins", "--seed", "0",
+                    "--scale", "0.05", "--out", str(out)], env=env, check=True, capture_output=True, cwd=REPO)
+    assert sha256_of_files(out) == CORPUS_SHA256[("plugins", 0)]

@@ -274,7 +274,7 @@ def search(name: str | Path, query: str, k: int = 3) -> list[Hit]:
     db = connect(name)
     try:
         rows = db.execute("SELECT c.title, c.url, c.text, bm25(chunks_fts) AS score FROM chunks_fts "
-                          "JOIN chunks c ON c.id = chunks_fts.rowid WHERE chunks_fts MATCH ? ORDER BY score LIMIT ?",
+                          "JOIN chunks c ON c.id = chunks_fts.rowid WHERE chunks_fts MATCH ? ORDER BY score, c.id LIMIT ?",
                           (match, k)).fetchall()
         weights = _term_weights(db, index_terms(query)) if rows else {}
     finally:
@@ -310,7 +310,8 @@ def focused_snippet(text: str, weights: dict[str, float]) -> str:
         return text
 
     def held(sentence: str) -> float:
-        return sum(weights.get(t, 0.0) for t in set(index_terms(sentence)))
+        # fsum: a set's order changes with the process's hash seed, and a plain sum's last bit with it
+        return math.fsum(weights.get(t, 0.0) for t in set(index_terms(sentence)))
     ordered = sorted(parts, key=held, reverse=True)  # sorted() is stable: equal weights keep their order
     out = ordered[0]
     for part in ordered[1:]:
