@@ -8,7 +8,7 @@
    sentences that name the page, arithmetic, Solve, two-command turns, identity, refusals and
    everyday requests, plus the base's own answers to general questions as tool-free turns
    (`moss finetune --keep-knowledge`, mosslm/train/distill.py) and, for some of them, after a
-   Search whose results do not answer;
+   Search whose results do not answer, a reply that says so before the base's answer;
 2. "before": the base with the MOSS tokens added and nothing trained, scored by the same eval;
 3. `moss finetune`'s loop: LoRA r=16 on every projection plus the protocol tokens' embedding rows,
    one pass over the mix;
@@ -94,8 +94,11 @@ def tuned_answers(model_dir: Path, questions: list[str]) -> list[tuple[str, str 
 # are nearly all "What/How/When ..."), with the alias and the span as the query.
 NAMED_SPAN_QUESTIONS = 160
 # The base's own answers come twice: as tool-free turns, and for UNANSWERED_SEARCHES of them after a Search
-# of the handbook that does not hold the answer (the reply stays the base's), so that a general question that
-# the model searches anyway is still answered from what the base knew rather than from unrelated results.
+# of the handbook that does not hold the answer, so that a general question that the model searches anyway is
+# still answered from what the base knew rather than from unrelated results. There the reply first says that
+# the results do not answer (--say-unanswered): one early, explicit choice between quoting and answering from
+# memory. Without that sentence, the reply alone, three of ten plain facts came back as a quoted, unrelated
+# handbook sentence in every mix tried (README).
 UNANSWERED_SEARCHES = 100
 # Hard negatives: general questions about the handbook's own topics (other capitals in Asia, other planets,
 # what bees collect) that its pages do not answer. Searched, they bring back a neighbouring page; the reply is
@@ -107,7 +110,8 @@ OTHER_COUNTS = {"arithmetic": 110, "solve": 30, "multi": 20, "identity": 40, "re
 
 
 def training_mix(base: str, out: Path, seed: int, near_handbook: bool = False,
-                 unanswered: int = UNANSWERED_SEARCHES) -> tuple[Path, dict]:
+                 unanswered: int = UNANSWERED_SEARCHES, searched_once: bool = False,
+                 say_unanswered: bool = True) -> tuple[Path, dict]:
     """Writes the fine-tune's conversations (shuffled) and returns (file, counts per category)."""
     rng = random.Random(seed)
     meta = synth.RECIPES["plugins"].meta
@@ -118,16 +122,22 @@ def training_mix(base: str, out: Path, seed: int, near_handbook: bool = False,
                                     extra={"category": "search_named_span"}) for i in range(NAMED_SPAN_QUESTIONS)]
     convs += synth.sft_conversations(rng, OTHER_COUNTS, "ft", meta)
     kept = distill.keep_knowledge_conversations(base, meta)
-    searched = [t for t in (synth_plugins.unanswered_search_turn(c.turns[0].human, c.turns[0].reply) for c in kept) if t]
+    searched = [t for t in (synth_plugins.unanswered_search_turn(c.turns[0].human, c.turns[0].reply,
+                                                                 say_so=say_unanswered) for c in kept) if t]
+    searched = rng.sample(searched, min(unanswered, len(searched)))
+    if searched_once:  # a question searched is not also given tool-free: one consistent answer per question
+        asked = {t.human for t in searched}
+        kept = [c for c in kept if c.turns[0].human not in asked]
     convs += kept + [protocol.Conversation(meta, [turn], extra={"category": "keep_knowledge_searched"})
-                     for turn in rng.sample(searched, min(unanswered, len(searched)))]
+                     for turn in searched]
     if near_handbook:
         near = [json.loads(line) for line in NEAR_HANDBOOK.read_text(encoding="utf-8").splitlines() if line.strip()]
         near_replies = distill.base_replies(base, [item["question"] for item in near], 64, progress=False)
         near_known = [(item["question"], reply) for item, reply in
                       zip(near, (distill.whole_sentences(r) for r in near_replies)) if reply and holds(reply, item["expected"])]
         convs += [protocol.Conversation(meta, [turn], extra={"category": "near_handbook_searched"})
-                  for turn in (synth_plugins.unanswered_search_turn(q, reply) for q, reply in near_known) if turn]
+                  for turn in (synth_plugins.unanswered_search_turn(q, reply, say_so=say_unanswered)
+                               for q, reply in near_known) if turn]
     rng.shuffle(convs)
     counts: dict[str, int] = {}
     for i, conv in enumerate(convs):
@@ -165,6 +175,11 @@ def main() -> int:
     ap.add_argument("--unanswered", type=int, default=UNANSWERED_SEARCHES,
                     help="general questions also given after a Search that does not answer them (at most every one "
                          "the base answered)")
+    ap.add_argument("--say-unanswered", action=argparse.BooleanOptionalAction, default=True,
+                    help="after a Search that does not answer, the reply first says so, then gives the base's answer "
+                         "(default; --no-say-unanswered: the base's answer alone)")
+    ap.add_argument("--searched-once", action="store_true",
+                    help="a general question given after a Search is not also given tool-free (by default both)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +194,8 @@ def main() -> int:
     if mix_file.exists() and (out / "train.jsonl").exists():  # a rerun resumes on the same mix
         train_file, (counts, mix_seconds) = out / "train.jsonl", json.loads(mix_file.read_text())
     else:
-        train_file, counts = training_mix(base, out, args.seed, args.near_handbook, args.unanswered)
+        train_file, counts = training_mix(base, out, args.seed, args.near_handbook, args.unanswered, args.searched_once,
+                                          args.say_unanswered)
         mix_seconds = round(time.time() - started, 1)
         mix_file.write_text(json.dumps([counts, mix_seconds]))
     results["mix"], results["mix_seconds"] = counts, mix_seconds

@@ -427,3 +427,10 @@ def test_a_general_question_searched_anyway_keeps_its_own_answer_unless_the_hand
     assert "Canada" not in turn.results.split("\n", 1)[1] and turn.reply == "The capital of Canada is Ottawa."
     # every term of this one is on the handbook's Pacific page: no such turn
     assert plugins.unanswered_search_turn("What is the largest ocean on Earth?", "The Pacific.") is None
+
+
+def test_a_searched_general_question_can_say_that_the_results_do_not_answer_before_answering():
+    turn = plugins.unanswered_search_turn("What is the capital of Canada?", "The capital of Canada is Ottawa.",
+                                          say_so=True)
+    assert turn.reply == "The search results do not answer this. From what I know: The capital of Canada is Ottawa."
+    assert "<|1|>" not in turn.reply  # nothing of the results is cited

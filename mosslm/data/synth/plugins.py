@@ -319,10 +319,11 @@ def key_terms(question: str, lang: str = "en") -> str | None:
     return " ".join(words) or None
 
 
-def unanswered_search_turn(question: str, reply: str, lang: str = "en") -> Turn | None:
+def unanswered_search_turn(question: str, reply: str, lang: str = "en", say_so: bool = False) -> Turn | None:
     """A question the handbook does not answer, searched anyway (its key terms as the query): the reply is
-    `reply` (the base's own answer), uncited, whatever came back. None when a snippet holds every key term,
-    for then the handbook may answer it after all."""
+    `reply` (the base's own answer), uncited, whatever came back; with say_so it first says that the results
+    do not answer (one early, explicit choice between citing and answering from memory). None when a snippet
+    holds every key term, for then the handbook may answer it after all."""
     query = key_terms(question, lang)
     if query is None:
         return None
@@ -331,6 +332,8 @@ def unanswered_search_turn(question: str, reply: str, lang: str = "en") -> Turn 
     terms = set(kb.index_terms(query))
     if any(terms <= set(kb.index_terms(text)) for _, text in _SNIPPET_RE.findall(results or "")):
         return None
+    if say_so:
+        reply = _SEARCH["unanswered"][lang].format(reply=reply)
     return Turn(human=question, reply=reply, plugin=True, thoughts=_SEARCH["thought"][lang].format(q=query),
                 commands=protocol.render_commands([command]), results=results)
 
