@@ -11,7 +11,7 @@
    Search whose results do not answer, a reply that says so before the base's answer;
 2. "before": the base with the MOSS tokens added and nothing trained, scored by the same eval;
 3. `moss finetune`'s loop: LoRA r=16 on every projection plus the protocol tokens' embedding rows,
-   one pass over the mix;
+   one pass over the mix, its decoder layers compiled (`compile=true`; --no-compile runs eager);
 4. merges the adapter into DIR/model (plugins recorded in mosslm.json: `moss chat --model DIR/model` calls them)
    and scores it on held-out arithmetic and handbook questions (unseen numbers and phrasings), and on plain
    factual questions that the base answered right, asked with the plugins on as `moss chat` would.
@@ -170,6 +170,8 @@ def main() -> int:
     ap.add_argument("--search", type=int, default=60, help="held-out handbook questions scored")
     ap.add_argument("--before", type=int, default=20, help="items per task scored before fine-tuning")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                    help="compile the decoder layers (torch.compile; needs a C++ compiler): default on")
     ap.add_argument("--near-handbook", action="store_true",
                     help="add the hard negatives of resources/general/near_handbook.jsonl as searched fallbacks")
     ap.add_argument("--unanswered", type=int, default=UNANSWERED_SEARCHES,
@@ -223,7 +225,8 @@ def main() -> int:
                        "--protocol", "moss", "--plugins", ",".join(PLUGINS), "--rank", str(args.rank), "--resume",
                        f"seq_len={args.seq_len}", f"batch_size={args.batch}", f"micro_batch_size={args.batch // 2}",
                        f"max_steps={steps}", f"lr={args.lr}", f"dtype={args.dtype}", "warmup_steps=10",
-                       "weight_decay=0.0", "save_every=50", "log_every=10", f"seed={args.seed}"]
+                       "weight_decay=0.0", "save_every=50", "log_every=10", f"seed={args.seed}",
+                       f"compile={str(args.compile).lower()}"]
     started = time.time()
     subprocess.run(finetune, check=True, cwd=ROOT)
     merged = out / "model"

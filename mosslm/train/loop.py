@@ -25,7 +25,7 @@ from .. import model as modellib
 from ..paths import atomic_dir
 from ..model import MANIFEST, CheckpointError, verify_checkpoint, write_manifest
 from .config import TrainConfig
-from . import sharding
+from . import compiled, sharding
 from .data import IGNORE, Dataset, load_dataset
 
 STATE_FILE = "trainer_state.pt"
@@ -162,10 +162,11 @@ class TokenLoss(torch.nn.Module):
     def forward(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         targets = labels[:, 1:]
         if self.body is None or self.head is None:  # an architecture without the usual split
-            logits = self.model(input_ids=ids).logits[:, :-1]
+            logits = self.model(input_ids=ids, use_cache=False).logits[:, :-1]
             return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
                                    ignore_index=IGNORE, reduction="sum")
-        hidden = self.body(input_ids=ids).last_hidden_state[:, :-1]
+        # No KV cache: training never reads it, and filling it copies every layer's keys and values.
+        hidden = self.body(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
         keep = targets != IGNORE
         logits = self.head(hidden[keep])
         return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
@@ -257,9 +258,16 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     if dist.world > 1 and not sharded:
         from torch.nn.parallel import DistributedDataParallel
         net = DistributedDataParallel(loss_model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-    forward_model = torch.compile(net) if cfg.compile else net
+    forward_model = net
+    if cfg.compile:
+        compiled.require_compiler(dist.device)
+        if sharded or not compiled.compile_layers(model):  # a sharder wraps the layers itself
+            forward_model = torch.compile(net)
     choice = resolve_dtype(cfg, dist, model, resumed_dtype)
     if choice.dtype == "bf16":
+        if cfg.lora_r > 0:
+            lora.skip_input_casts(model)
+
         def autocast():
             return torch.autocast(dist.device.type, dtype=torch.bfloat16)
     else:

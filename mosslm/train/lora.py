@@ -99,6 +99,14 @@ def wrap(model, r: int, alpha: int, dropout: float, targets: list[str], token_id
     return get_peft_model(model, config)
 
 
+def skip_input_casts(model) -> None:
+    """Under bf16 autocast, PEFT's cast of each adapter's input to the adapters' fp32 and autocast's cast back
+    to bf16 for the matmul are lossless but copy every activation twice; training skips them (bit-identical)."""
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False
+
+
 def build(cfg) -> tuple[Any, Any]:
     """(model, tokenizer) of a LoRA run from a TrainConfig: base from `init`, protocol tokens, adapters."""
     if not cfg.init:
