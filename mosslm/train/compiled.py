@@ -1,12 +1,12 @@
 """torch.compile for training (`compile=true`): each decoder layer compiled once, for every length.
 
 Regional compilation: the layers of a transformer share one code path, so
-dynamo traces one layer and reuses the graph for all of them (tens of seconds,
-where the whole model takes minutes), and `dynamic=True` keeps one graph for
-every batch width, since SFT batches change length from step to step. On a CPU
-the gain is in fusing the elementwise ops around the matmuls (norms, rotary,
-SiLU, residual adds, bf16 casts): 1.4x in a measured LoRA fine-tune of
-SmolLM2-135M (benchmarks/finetune_plugins.py).
+dynamo traces one layer and reuses its graph for all of them (the first step
+of SmolLM2-135M's 30 layers took 25 s here), and `dynamic=True` keeps one graph
+for every batch width, since SFT batches change length from step to step. On a
+CPU the gain is in fusing the elementwise ops around the matmuls (norms,
+rotary, SiLU, residual adds, bf16 casts): 1.4x the tokens/s of eager layers,
+measured in one process, in a bf16 LoRA fine-tune of SmolLM2-135M on 2 cores.
 """
 
 from __future__ import annotations
