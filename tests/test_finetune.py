@@ -194,7 +194,6 @@ def test_bf16_training_skips_the_adapter_input_casts_bit_identically(foreign_bas
 
 
 def test_compiled_layers_train_like_eager_ones(foreign_base, plugin_data, tmp_path):
-    pytest.importorskip("torch._inductor")
     steps = ["max_steps=4", "dtype=bf16"]
     assert finetune(foreign_base, plugin_data, tmp_path / "eager", *steps) == 0
     assert finetune(foreign_base, plugin_data, tmp_path / "compiled", *steps, "compile=true") == 0

@@ -31,18 +31,11 @@ def require_compiler(device: torch.device) -> None:
                            "install one (apt-get install g++) or train with compile=false")
 
 
-def decoder_layers(model) -> torch.nn.ModuleList | None:
-    """The repeated blocks of a causal LM, through PEFT's wrapper if there is one."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    body = getattr(inner, "model", None)
+def compile_layers(body) -> bool:
+    """Compile each layer of a decoder body (TokenLoss.body) in place; False when it has no such layers
+    (then the caller compiles the whole model)."""
     layers = getattr(body, "layers", None)
-    return layers if isinstance(layers, torch.nn.ModuleList) and len(layers) else None
-
-
-def compile_layers(model) -> bool:
-    """Compile each decoder layer in place; False when the model has no such layers (compile it whole)."""
-    layers = decoder_layers(model)
-    if layers is None:
+    if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
         return False
     for layer in layers:
         layer.compile(dynamic=True)

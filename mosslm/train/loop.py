@@ -261,7 +261,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     forward_model = net
     if cfg.compile:
         compiled.require_compiler(dist.device)
-        if sharded or not compiled.compile_layers(model):  # a sharder wraps the layers itself
+        if sharded or not compiled.compile_layers(loss_model.body):  # a sharder wraps the layers itself
             forward_model = torch.compile(net)
     choice = resolve_dtype(cfg, dist, model, resumed_dtype)
     if choice.dtype == "bf16":
