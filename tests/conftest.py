@@ -143,3 +143,15 @@ def webchat_model(tiny_tokenizer, tmp_path_factory):
     from webchat_fixtures import build_webchat_model
 
     return build_webchat_model(tmp_path_factory.mktemp("webchat") / "webchat-model", tiny_tokenizer)
+
+
+@pytest.fixture
+def torch_int4_kernel(monkeypatch):
+    """int4 layers on torch's own CPU kernel instead of mosslm's (csrc/q4_cpu.cpp), for this test."""
+    from mosslm.quant import q4_kernel
+
+    monkeypatch.setenv("MOSSLM_Q4_KERNEL", "0")
+    q4_kernel.reset()
+    yield
+    monkeypatch.delenv("MOSSLM_Q4_KERNEL")
+    q4_kernel.reset()

@@ -55,8 +55,22 @@ def test_own_decoder_gives_transformers_tokens_and_logprobs(arch, tiny_tokenizer
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)
 
 
-@pytest.mark.parametrize("bits", [8, 4])
-def test_quantized_projections_are_joined_into_one_call_without_a_second_copy(bits, tiny_tokenizer, tmp_path):
+@pytest.mark.parametrize("bits,kernel", [(8, "int8pack"), (4, "int4pack"), (4, "q4vnni")])
+def test_quantized_projections_are_joined_into_one_call_without_a_second_copy(bits, kernel, tiny_tokenizer, tmp_path,
+                                                                              monkeypatch):
+    from mosslm.quant import q4_kernel
+
+    if kernel == "q4vnni" and q4_kernel.unavailable_reason():
+        pytest.skip(f"mosslm's int4 kernel cannot run here: {q4_kernel.unavailable_reason()}")
+    monkeypatch.setenv("MOSSLM_Q4_KERNEL", "1" if kernel == "q4vnni" else "0")
+    q4_kernel.reset()
+    try:
+        check_joined_projections(bits, kernel, tiny_tokenizer, tmp_path)
+    finally:
+        q4_kernel.reset()  # the next load() decides again, with the environment restored
+
+
+def check_joined_projections(bits, kernel, tiny_tokenizer, tmp_path):
     source = tmp_path / "fp"
     # head_dim 32: k and v have 64 rows, the int4 kernel's packing block
     modellib.save_checkpoint(modellib.build_model("micro", tiny_tokenizer, seed=6, hidden_size=128), tiny_tokenizer,
@@ -64,6 +78,7 @@ def test_quantized_projections_are_joined_into_one_call_without_a_second_copy(bi
     quantize(str(source), str(tmp_path / "q"), bits, group_size=32 if bits == 4 else None)
     model = modellib.load(tmp_path / "q").model
     layer = model.model.layers[0]
+    assert layer.self_attn.q_proj._kernel == kernel
     parts = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]
     x = torch.randn(3, model.config.hidden_size)
     separate = torch.cat([p(x) for p in parts], dim=-1)
@@ -72,10 +87,10 @@ def test_quantized_projections_are_joined_into_one_call_without_a_second_copy(bi
     joined = runner.layers[0].qkv
     assert isinstance(joined, QuantLinear) and joined.out_features == sum(p.out_features for p in parts)
     assert torch.equal(joined(x), separate) and torch.equal(torch.cat([p(x) for p in parts], dim=-1), separate)
-    whole = joined.qweight if bits == 8 else joined._packed
+    whole = joined._packed if kernel == "int4pack" else joined.qweight
     start, end = whole.data_ptr(), whole.data_ptr() + whole.numel() * whole.element_size()
     for p in parts:  # the parts now read their rows of the joined weights
-        mine = p.qweight if bits == 8 else p._packed
+        mine = p._packed if kernel == "int4pack" else p.qweight
         assert start <= mine.data_ptr() < end
     theirs, _ = generate_all(model, tiny_tokenizer, own=False)
     ours, _ = generate_all(model, tiny_tokenizer, own=True)

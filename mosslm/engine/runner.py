@@ -23,6 +23,8 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from .kv_cache import SlotKV
+
 log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("llama", "mistral", "qwen2")
@@ -71,7 +73,7 @@ def _joinable(layers: list[torch.nn.Module]) -> bool:
     if not all(isinstance(m, QuantLinear) for m in layers):
         return False
     keys = {(m.in_features, m.bits, m.group_size, m._kernel, m.bias is None, m.scales.dtype) for m in layers}
-    return len(keys) == 1 and layers[0]._kernel in ("int8pack", "int4pack")
+    return len(keys) == 1 and layers[0]._kernel in ("int8pack", "int4pack", "q4vnni")
 
 
 @torch.no_grad()
@@ -86,7 +88,7 @@ def join_linears(layers: list[torch.nn.Module]) -> torch.nn.Module | None:
     if not _joinable(layers):
         return None
     first, sizes = layers[0], [m.out_features for m in layers]
-    if first.bits == 4 and any(size % INT4_PACK_ROWS for size in sizes):
+    if first._kernel == "int4pack" and any(size % INT4_PACK_ROWS for size in sizes):
         return None
     joined = QuantLinear(first.in_features, sum(sizes), first.bits, first.group_size, first.bias is not None,
                          first.scales.dtype)
@@ -96,6 +98,10 @@ def join_linears(layers: list[torch.nn.Module]) -> torch.nn.Module | None:
     joined._kernel = first._kernel
     if first.bits == 8:
         joined.qweight = torch.cat([m.qweight for m in layers])
+    elif first._kernel == "q4vnni":
+        joined.zeros = torch.cat([m.zeros for m in layers])
+        joined.qweight = torch.cat([m.qweight for m in layers])
+        joined._q4_sb = torch.cat([m._q4_sb for m in layers])
     else:
         joined.zeros = torch.cat([m.zeros for m in layers])
         joined.qweight = torch.empty(0, dtype=torch.uint8)
@@ -111,6 +117,9 @@ def join_linears(layers: list[torch.nn.Module]) -> torch.nn.Module | None:
             view = joined.qweight[rows: rows + size]
             if view.data_ptr() % 64 == 0:  # the int8 kernel's vector loads need aligned rows (linear.py)
                 m.qweight, m.scales, m._cast_scales = view, joined.scales[rows: rows + size], None
+        elif first._kernel == "q4vnni":
+            part = slice(rows, rows + size)
+            m.qweight, m._q4_sb = joined.qweight[part], joined._q4_sb[part]
         else:
             m._packed = joined._packed[rows: rows + size]
         rows += size
@@ -159,8 +168,29 @@ class _Layer:
         return x + self.down(F.silu(g) * u)
 
 
+def _q4_step_tensors(layers: list[_Layer]) -> list[torch.Tensor] | None:
+    """The 10 tensors a layer that csrc/q4_cpu.cpp's decode step reads, or None where a layer is not int4 on
+    mosslm's kernel with joined q/k/v and gate/up (then every step runs the layers above)."""
+    out, groups = [], set()
+    for layer in layers:
+        linears = [layer.qkv, layer.o, layer.gate_up, layer.down]
+        if any(getattr(m, "_kernel", None) != "q4vnni" or m.bias is not None for m in linears):
+            return None
+        if layer.head_dim % 16 or any(n.weight is None for n in (layer.in_norm, layer.post_norm)):
+            return None
+        groups |= {m.group_size for m in linears}
+        qkv, o, gate_up, down = ((m.qweight, m._q4_sb) for m in linears)
+        out += [layer.in_norm.weight.detach().float().contiguous(), *qkv, *o,
+                layer.post_norm.weight.detach().float().contiguous(), *gate_up, *down]
+    return out if len(groups) == 1 else None
+
+
 class DecoderRunner:
-    """decoder(ids [B, n], mask [B, 1, n, kv], positions [B, n], kv) -> last hidden states [B, n, H]."""
+    """decoder(ids [B, n], mask [B, 1, n, kv], positions [B, n], kv) -> last hidden states [B, n, H].
+
+    Where every layer is int4 on mosslm's kernel, a decode step (one new token a row, the engine's SlotKV
+    cache) is one C++ call over all layers (`q4_decode_step`): fp32 activations, int8 per block into the
+    linears, attention over each row's own slot. Prefill and everything else run the layers in Python."""
 
     def __init__(self, model, fuse: bool = True) -> None:
         decoder = model.get_decoder()
@@ -168,8 +198,32 @@ class DecoderRunner:
         self.layers = [_Layer(layer, model.config, fuse) for layer in decoder.layers]
         self.fused = sum(layer.qkv is not None for layer in self.layers) + \
             sum(layer.gate_up is not None for layer in self.layers)
+        self.q4_step = _q4_step_tensors(self.layers) if fuse and self.layers else None
+        if self.q4_step is not None:
+            first = self.layers[0]
+            self._q4_args = (first.heads, first.kv_heads, first.head_dim, first.qkv.group_size,
+                             float(first.in_norm.variance_epsilon), float(first.scaling))
+
+    def _q4_decode(self, ids: torch.Tensor, positions: torch.Tensor, kv) -> torch.Tensor:
+        from mosslm.quant import q4_kernel
+
+        x = self.embed(ids)
+        cos, sin = self.rotary(x.float(), positions)
+        b = ids.shape[0]
+        out = q4_kernel.load().q4_decode_step(
+            x.float().reshape(b, -1).contiguous(), self.q4_step, cos.reshape(b, -1).float().contiguous(),
+            sin.reshape(b, -1).float().contiguous(), list(kv.rows), positions[:, 0].tolist(), kv.k, kv.v,
+            *self._q4_args)
+        return _rms_norm(self.norm, out.view(b, 1, -1).to(x.dtype))
+
+    def _q4_applies(self, ids: torch.Tensor, kv) -> bool:
+        return (self.q4_step is not None and ids.shape[1] == 1 and ids.device.type == "cpu"
+                and isinstance(kv, SlotKV) and kv.k[0].dtype in (torch.bfloat16, torch.float32)
+                and len(kv.rows) == ids.shape[0])
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, kv) -> torch.Tensor:
+        if self._q4_applies(ids, kv):
+            return self._q4_decode(ids, positions, kv)
         x = self.embed(ids)
         cos, sin = self.rotary(x, positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)

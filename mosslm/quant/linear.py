@@ -8,14 +8,17 @@ The formats are the ones torch's own CPU kernels read, so nothing is converted p
   `torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scale_and_zero[K/g, N, 2])`
   after `_convert_weight_to_int4pack_for_cpu` packs the values once, at load.
 On disk int4 values are two to a byte (low nibble first) in row order, a layout that does not depend on
-the CPU; the kernel's own packing is made when the folder loads. Where a kernel is missing (another
-device, an old torch) the layer multiplies by its dequantized weight: slower, same numbers.
+the CPU; the kernel's own packing is made when the folder loads. On CPUs with AVX-512 VNNI, int4 layers run
+mosslm's own kernel on that very layout instead (q4_kernel.py: int8 activations, faster for a few rows).
+Where a kernel is missing (another device, an old torch) the layer multiplies by its dequantized weight: slower, same numbers.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from . import q4_kernel
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the CPU int4 kernel takes
 # torch's int8 kernel is a matrix-vector loop: its time grows with every row (measured on 2 Xeon cores:
@@ -24,6 +27,9 @@ INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the CPU int4 kernel takes
 # one matmul per block, the scale applied to the output: 64 rows of [1536 x 576] 0.20 ms against 0.65 ms.
 INT8_MATMUL_ROWS = 16
 INT8_BLOCK_ROWS = 4096  # output rows converted at a time: a few MB that the allocator reuses
+# mosslm's int4 kernel is a matrix-vector loop too; more rows than this (prefill) convert blocks of weights
+# to the activation dtype and run a matmul, as int8 does
+Q4_KERNEL_ROWS = 32
 
 
 class QuantError(ValueError):
@@ -133,6 +139,7 @@ class QuantLinear(torch.nn.Module):
         self._scale_zero: torch.Tensor | None = None    # [K/g, N, 2] in the activation dtype
         self._kernel: str | None = None
         self._cast_scales: torch.Tensor | None = None   # int8 scales in the activation dtype
+        self._q4_sb: torch.Tensor | None = None         # q4vnni: fp16 [N, K/g, 2] (scale, zero - 8 scale)
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, bits: int, group_size: int | None = None) -> QuantLinear:
@@ -162,7 +169,9 @@ class QuantLinear(torch.nn.Module):
     def weight_bytes(self) -> int:
         """Bytes the forward reads for the weights (values and scales)."""
         tensors = [self._packed if self._packed is not None else self.qweight, self.scales]
-        if self.bits == 4:
+        if self._kernel == "q4vnni":
+            tensors = [self.qweight, self._q4_sb]
+        elif self.bits == 4:
             tensors.append(self.zeros)
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -177,6 +186,11 @@ class QuantLinear(torch.nn.Module):
                 if self.qweight.data_ptr() % 64:
                     self.qweight = self.qweight.clone()
                 self._kernel = "int8pack"
+            elif self.bits == 4 and q4_kernel.supports(self.in_features, self.group_size) and q4_kernel.load():
+                self.qweight = self.qweight.contiguous()
+                scale = self.scales.float()
+                self._q4_sb = torch.stack([scale, self.zeros.float() - 8 * scale], dim=-1).half().contiguous()
+                self._kernel = "q4vnni"
             elif self.bits == 4 and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") \
                     and self.out_features % 16 == 0:
                 q = unpack_nibbles(self.qweight).to(torch.int32)
@@ -205,6 +219,10 @@ class QuantLinear(torch.nn.Module):
             y = self._int8_blocks(rows)
         elif self._kernel == "int8pack":
             y = torch.ops.aten._weight_int8pack_mm(rows.contiguous(), self.qweight, self._scales_as(rows.dtype))
+        elif self._kernel == "q4vnni" and rows.shape[0] <= Q4_KERNEL_ROWS:
+            y = q4_kernel.load().q4_matmul(rows, self.qweight, self._q4_sb, self.group_size)
+        elif self._kernel == "q4vnni":
+            y = self._int4_blocks(rows)
         elif self._kernel == "int4pack":
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.contiguous(), self._packed, self.group_size,
                                                            self._scale_zero.to(rows.dtype))
@@ -227,6 +245,16 @@ class QuantLinear(torch.nn.Module):
         for start in range(0, self.out_features, INT8_BLOCK_ROWS):
             block = slice(start, start + INT8_BLOCK_ROWS)
             torch.mul(F.linear(rows, self.qweight[block].to(rows.dtype)), scales[block], out=y[:, block])
+        return y
+
+    def _int4_blocks(self, rows: torch.Tensor) -> torch.Tensor:
+        y = torch.empty(rows.shape[0], self.out_features, dtype=rows.dtype, device=rows.device)
+        step = INT8_BLOCK_ROWS // 4
+        for start in range(0, self.out_features, step):
+            block = slice(start, start + step)
+            w = dequantize_int4(unpack_nibbles(self.qweight[block]), self.scales[block], self.zeros[block],
+                                self.group_size)
+            torch.matmul(rows, w.to(rows.dtype).t(), out=y[:, block])
         return y
 
     def extra_repr(self) -> str:

@@ -1,0 +1,431 @@
+// int4 weight-only kernels for x86 CPUs with AVX-512 VNNI, and a whole decode step of a Llama-family
+// model built from them (mosslm/quant/q4_kernel.py loads this file; tests/test_q4_kernel.py checks it).
+//
+// Weights are mosslm's portable int4 layout (mosslm/quant/linear.py): a row of K inputs is K/2 bytes,
+// input 2j in the low nibble of byte j and 2j+1 in the high one, with w = q * s + b per group of g inputs
+// (s the group's scale, b = zero - 8 s), s and b kept as fp16 pairs (what llama.cpp's Q4_1 carries).
+// Activations are quantized to int8 per block of 64 inputs, as llama.cpp's Q8 activations are, so the inner product is u8 x s8 `vpdpbusd`: 64 inputs in two
+// instructions. Both parts of w x use the quantized x, so the rounding error is sum(w dx), not
+// sum(q s dx) + b sum(dx) (q is 0..15, its large mean would not cancel).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kBlock = 64;  // activation block: 32 weight bytes
+
+#define MOSS_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+struct Activations {  // x [M, K] as int8 blocks (even inputs first, then odd), a scale and a sum per block
+  std::vector<int8_t> q;
+  std::vector<float> scale, sum;
+  int64_t rows = 0, k = 0;
+};
+
+void quantize_rows(const float* x, int64_t rows, int64_t k, Activations& a) {
+  const int64_t blocks = k / kBlock;
+  a.rows = rows;
+  a.k = k;
+  a.q.resize(rows * k);
+  a.scale.resize(rows * blocks);
+  a.sum.resize(rows * blocks * 2);
+  for (int64_t i = 0; i < rows * blocks; ++i) {
+    const float* in = x + i * kBlock;
+    float amax = 0.f;
+    for (int64_t j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(in[j]));
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    int8_t* out = a.q.data() + i * kBlock;
+    int half_sums[2] = {0, 0};  // inputs 0-31 and 32-63: a group of 32 has its own offset
+    for (int64_t j = 0; j < kBlock / 2; ++j) {
+      out[j] = static_cast<int8_t>(std::nearbyint(in[2 * j] * inv));
+      out[kBlock / 2 + j] = static_cast<int8_t>(std::nearbyint(in[2 * j + 1] * inv));
+      half_sums[j >= kBlock / 4] += out[j] + out[kBlock / 2 + j];
+    }
+    a.scale[i] = amax / 127.f;
+    a.sum[2 * i] = a.scale[i] * static_cast<float>(half_sums[0]);
+    a.sum[2 * i + 1] = a.scale[i] * static_cast<float>(half_sums[1]);
+  }
+}
+
+// Byte j of a 32-byte block holds inputs 2j and 2j+1, so bytes 0-15 are the block's inputs 0-31 and
+// vpdpbusd's int32 lanes 0-3 sum them, lanes 4-7 inputs 32-63: groups of 32 get a scale per 128-bit half.
+// The offsets' part, b * (the group's sum of x), rides in the same accumulator: each lane of a half adds
+// b * sum / 4. Four output rows at a time share the activation loads and keep four sums in flight.
+// A row's groups are (scale, offset) fp16 pairs. Groups of 32: lanes 0-3 take group g0's value, lanes 4-7
+// group g0 + 1's; larger groups cover whole blocks, so every lane takes g0's.
+template <bool kHalfGroups>
+MOSS_TARGET inline void group_values(const uint16_t* sb, int64_t g0, __m256& scale, __m256& offset) {
+  if constexpr (kHalfGroups) {
+    const __m256 four = _mm256_castps128_ps256(
+        _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sb + 2 * g0))));  // s0 b0 s1 b1
+    scale = _mm256_permutevar8x32_ps(four, _mm256_set_epi32(2, 2, 2, 2, 0, 0, 0, 0));
+    offset = _mm256_permutevar8x32_ps(four, _mm256_set_epi32(3, 3, 3, 3, 1, 1, 1, 1));
+  } else {
+    int32_t pair;
+    std::memcpy(&pair, sb + 2 * g0, sizeof(pair));
+    const __m256 two = _mm256_castps128_ps256(_mm_cvtph_ps(_mm_cvtsi32_si128(pair)));  // s b
+    scale = _mm256_permutevar8x32_ps(two, _mm256_setzero_si256());
+    offset = _mm256_permutevar8x32_ps(two, _mm256_set1_epi32(1));
+  }
+}
+
+MOSS_TARGET inline float hsum(__m256 v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+
+// Two blocks (128 inputs, 64 weight bytes) a 512-bit step, then one 64-input block in 256 bits if K is
+// an odd number of blocks. Scales for the 512-bit step, per 32-bit lane group of 4: groups of 32 take
+// g0..g0+3 (one per 128-bit quarter), 64 take g0 and g0+1 (one per half), larger ones g0 throughout.
+template <int kGroup>  // 32, 64, or 0 for a group spanning both blocks
+MOSS_TARGET inline void group_values2(const uint16_t* sb, int64_t g0, __m512& scale, __m512& offset) {
+  if constexpr (kGroup == 32) {
+    const __m512 v = _mm512_castps256_ps512(
+        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sb + 2 * g0))));  // s0 b0 .. s3 b3
+    scale = _mm512_permutexvar_ps(_mm512_set_epi32(6, 6, 6, 6, 4, 4, 4, 4, 2, 2, 2, 2, 0, 0, 0, 0), v);
+    offset = _mm512_permutexvar_ps(_mm512_set_epi32(7, 7, 7, 7, 5, 5, 5, 5, 3, 3, 3, 3, 1, 1, 1, 1), v);
+  } else if constexpr (kGroup == 64) {
+    const __m512 v = _mm512_castps128_ps512(
+        _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sb + 2 * g0))));  // s0 b0 s1 b1
+    scale = _mm512_permutexvar_ps(_mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0), v);
+    offset = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1), v);
+  } else {
+    int32_t pair;
+    std::memcpy(&pair, sb + 2 * g0, sizeof(pair));
+    const __m512 v = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(pair)));  // s b
+    scale = _mm512_permutexvar_ps(_mm512_setzero_si512(), v);
+    offset = _mm512_permutexvar_ps(_mm512_set1_epi32(1), v);
+  }
+}
+
+// kRows output rows times kCols activation rows: each weight block is unpacked once for all kCols rows.
+template <int kGroup, int kRows, int kCols>
+MOSS_TARGET void gemv_tile(const uint8_t* w, const uint16_t* sb, int64_t group, const Activations& a,
+                           const float* xscale, const float* xsum, float* y, int64_t n_out, int64_t n, int64_t m0) {
+  const int64_t k = a.k, blocks = k / kBlock, groups = k / group;
+  const int shift = __builtin_ctzll(static_cast<uint64_t>(group / kBlock));  // block -> group, g >= 64
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const __m512i low2 = _mm512_set1_epi8(0x0F);
+  __m512 acc2[kCols][kRows];
+  __m256 acc[kCols][kRows];
+  for (int c = 0; c < kCols; ++c)
+    for (int r = 0; r < kRows; ++r) acc2[c][r] = _mm512_setzero_ps(), acc[c][r] = _mm256_setzero_ps();
+  int64_t blk = 0;
+  for (; blk + 2 <= blocks; blk += 2) {
+    const int64_t g0 = kGroup == 32 ? 2 * blk : (kGroup == 64 ? blk : blk >> shift);
+    __m512i lo[kRows], hi[kRows];
+    __m512 scale[kRows], offset[kRows];
+    for (int r = 0; r < kRows; ++r) {
+      const __m512i bytes = _mm512_loadu_si512(w + (n + r) * (k / 2) + blk * 32);
+      lo[r] = _mm512_and_si512(bytes, low2);
+      hi[r] = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low2);
+      group_values2<kGroup>(sb + (n + r) * groups * 2, g0, scale[r], offset[r]);
+    }
+    for (int c = 0; c < kCols; ++c) {
+      const int64_t m = m0 + c;
+      const int8_t* x0 = a.q.data() + m * k + blk * kBlock;
+      const __m512i xe = _mm512_inserti64x4(
+          _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0))),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + kBlock)), 1);
+      const __m512i xo = _mm512_inserti64x4(
+          _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + 32))),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + kBlock + 32)), 1);
+      const __m512 xs2 = _mm512_loadu_ps(xscale + (m * blocks + blk) * 8);
+      const __m512 xm2 = _mm512_loadu_ps(xsum + (m * blocks + blk) * 8);
+      for (int r = 0; r < kRows; ++r) {
+        __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[r], xe);
+        d = _mm512_dpbusd_epi32(d, hi[r], xo);
+        acc2[c][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(scale[r], xs2), acc2[c][r]);
+        acc2[c][r] = _mm512_fmadd_ps(offset[r], xm2, acc2[c][r]);
+      }
+    }
+  }
+  for (; blk < blocks; ++blk) {  // the last block when K is an odd number of them
+    const int64_t g0 = kGroup == 32 ? 2 * blk : blk >> shift;
+    for (int r = 0; r < kRows; ++r) {
+      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (n + r) * (k / 2) + blk * 32));
+      const __m256i lo = _mm256_and_si256(bytes, low);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low);
+      __m256 scale, offset;
+      group_values<kGroup == 32>(sb + (n + r) * groups * 2, g0, scale, offset);
+      for (int c = 0; c < kCols; ++c) {
+        const int64_t m = m0 + c;
+        const int8_t* x0 = a.q.data() + m * k + blk * kBlock;
+        __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo,
+                                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0)));
+        d = _mm256_dpbusd_epi32(d, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + 32)));
+        const float* xs = xscale + (m * blocks + blk) * 8;
+        const float* xm = xsum + (m * blocks + blk) * 8;
+        acc[c][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(scale, _mm256_loadu_ps(xs)), acc[c][r]);
+        acc[c][r] = _mm256_fmadd_ps(offset, _mm256_loadu_ps(xm), acc[c][r]);
+      }
+    }
+  }
+  for (int c = 0; c < kCols; ++c)
+    for (int r = 0; r < kRows; ++r) y[(m0 + c) * n_out + n + r] = _mm512_reduce_add_ps(acc2[c][r]) + hsum(acc[c][r]);
+}
+
+// one activation row: four output rows a tile; several: two output rows by four activation rows
+template <int kGroup>
+void gemv_rows(const uint8_t* w, const uint16_t* sb, int64_t group, const Activations& a,
+               const float* xscale, const float* xsum, float* y, int64_t n_out, int64_t n0, int64_t n1) {
+  int64_t m = 0;
+  for (; m + 4 <= a.rows; m += 4) {
+    int64_t n = n0;
+    for (; n + 2 <= n1; n += 2) gemv_tile<kGroup, 2, 4>(w, sb, group, a, xscale, xsum, y, n_out, n, m);
+    for (; n < n1; ++n) gemv_tile<kGroup, 1, 4>(w, sb, group, a, xscale, xsum, y, n_out, n, m);
+  }
+  for (; m < a.rows; ++m) {
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) gemv_tile<kGroup, 4, 1>(w, sb, group, a, xscale, xsum, y, n_out, n, m);
+    for (; n < n1; ++n) gemv_tile<kGroup, 1, 1>(w, sb, group, a, xscale, xsum, y, n_out, n, m);
+  }
+}
+
+struct Linear4 {
+  const uint8_t* w;
+  const uint16_t* sb;  // fp16 (scale, offset) pairs, [N, K/g, 2]
+  int64_t n, k, group;
+};
+
+Linear4 linear4(const torch::Tensor& w, const torch::Tensor& sb, int64_t group) {
+  TORCH_CHECK(w.dtype() == torch::kUInt8 && w.is_contiguous() && w.dim() == 2, "int4 weights: uint8 [N, K/2]");
+  const int64_t k = w.size(1) * 2;
+  TORCH_CHECK(group >= 32 && (group & (group - 1)) == 0 && k % group == 0 && k % kBlock == 0,
+              "group size must be a power of two from 32 dividing K, and K a multiple of 64");
+  TORCH_CHECK(sb.dtype() == torch::kHalf && sb.is_contiguous() && sb.dim() == 3 && sb.size(0) == w.size(0) &&
+              sb.size(1) == k / group && sb.size(2) == 2, "int4 scales and offsets: contiguous fp16 [N, K/g, 2]");
+  return {w.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(sb.data_ptr<at::Half>()), w.size(0), k, group};
+}
+
+MOSS_TARGET void matmul(const Linear4& l, const float* x, int64_t rows, float* y, Activations& scratch) {
+  quantize_rows(x, rows, l.k, scratch);
+  // per block of each row: its scale in every lane, and each half's sum / 4 in that half's lanes
+  const int64_t blocks = l.k / kBlock;
+  // (float arrays read with unaligned loads: a std::vector<__m256> is not 32-byte aligned here)
+  std::vector<float> xscale(rows * blocks * 8), xsum(rows * blocks * 8);
+  for (int64_t i = 0; i < rows * blocks; ++i) {
+    const float whole = (scratch.sum[2 * i] + scratch.sum[2 * i + 1]) / 8;  // a group covers whole blocks
+    for (int lane = 0; lane < 8; ++lane) {
+      xscale[i * 8 + lane] = scratch.scale[i];
+      xsum[i * 8 + lane] = l.group > 32 ? whole : scratch.sum[2 * i + (lane >= 4)] / 4;
+    }
+  }
+  // output rows per task: at least 16 KB of weights x rows, worth waking a thread for
+  const int64_t grain = std::max<int64_t>(4, 32768 / std::max<int64_t>(1, rows * l.k));
+  at::parallel_for(0, l.n, grain, [&](int64_t n0, int64_t n1) {
+    if (l.group == 32)
+      gemv_rows<32>(l.w, l.sb, l.group, scratch, xscale.data(), xsum.data(), y, l.n, n0, n1);
+    else if (l.group == 64)
+      gemv_rows<64>(l.w, l.sb, l.group, scratch, xscale.data(), xsum.data(), y, l.n, n0, n1);
+    else
+      gemv_rows<0>(l.w, l.sb, l.group, scratch, xscale.data(), xsum.data(), y, l.n, n0, n1);
+  });
+}
+
+void rms_norm(const float* x, const float* weight, int64_t rows, int64_t h, double eps, float* out) {
+  for (int64_t m = 0; m < rows; ++m) {
+    const float* xr = x + m * h;
+    double ss = 0;
+    for (int64_t i = 0; i < h; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    const float r = 1.f / std::sqrt(static_cast<float>(ss / h) + static_cast<float>(eps));
+    for (int64_t i = 0; i < h; ++i) out[m * h + i] = xr[i] * r * weight[i];
+  }
+}
+
+void rope(float* v, const float* cos, const float* sin, int64_t d) {  // rotate-half, as transformers' Llama
+  const int64_t half = d / 2;
+  float tmp[1024];
+  for (int64_t i = 0; i < half; ++i) tmp[i] = v[i] * cos[i] - v[i + half] * sin[i];
+  for (int64_t i = half; i < d; ++i) tmp[i] = v[i] * cos[i] + v[i - half] * sin[i];
+  std::copy(tmp, tmp + d, v);
+}
+
+template <typename T>
+MOSS_TARGET inline __m512 load16(const T* p);
+template <>
+MOSS_TARGET inline __m512 load16<float>(const float* p) { return _mm512_loadu_ps(p); }
+template <>
+MOSS_TARGET inline __m512 load16<at::BFloat16>(const at::BFloat16* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// exp(x) for 16 lanes: 2^n * e^r with |r| <= ln2/2, e^r by its Taylor series to r^7 (relative error
+// ~1e-7, what std::exp's float gives to rounding); the scalar std::exp was a fifth of a decode step.
+MOSS_TARGET inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.f)), _mm512_set1_ps(-88.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p = _mm512_set1_ps(1.f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// one query row's attention for one head over keys 0..len-1 of its slot: out = softmax(q k * scaling) v
+template <typename T>
+MOSS_TARGET void attend(const float* q, const T* keys, const T* values, int64_t len, int64_t d, float scaling,
+                        float* out, std::vector<float>& scores) {
+  const int64_t padded = (len + 15) / 16 * 16;
+  scores.assign(padded, -INFINITY);
+  float best = -INFINITY;
+  for (int64_t t = 0; t < len; ++t) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < d; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), load16(keys + t * d + i), acc);
+    scores[t] = _mm512_reduce_add_ps(acc) * scaling;
+    best = std::max(best, scores[t]);
+  }
+  __m512 total = _mm512_setzero_ps();
+  for (int64_t t = 0; t < padded; t += 16) {  // the padding's -inf gives exp 0
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(scores.data() + t), _mm512_set1_ps(best)));
+    _mm512_storeu_ps(scores.data() + t, e);
+    total = _mm512_add_ps(total, e);
+  }
+  const float inv = 1.f / _mm512_reduce_add_ps(total);
+  __m512 acc[1024 / 16];  // on the stack, so aligned (a std::vector of vectors is not, here)
+  for (int64_t i = 0; i < d / 16; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < len; ++t) {
+    const __m512 p = _mm512_set1_ps(scores[t] * inv);
+    for (int64_t i = 0; i < d / 16; ++i) acc[i] = _mm512_fmadd_ps(p, load16(values + t * d + i * 16), acc[i]);
+  }
+  for (int64_t i = 0; i < d / 16; ++i) _mm512_storeu_ps(out + i * 16, acc[i]);
+}
+
+template <typename T>
+void write_kv(torch::Tensor& cache, int64_t slot, int64_t head, int64_t pos, const float* v, int64_t d) {
+  T* dst = cache.data_ptr<T>() + ((slot * cache.size(1) + head) * cache.size(2) + pos) * d;
+  for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<T>(v[i]);
+}
+
+template <typename T>
+void attention(const torch::Tensor& kc, const torch::Tensor& vc, const float* q, const std::vector<int64_t>& slots,
+               const std::vector<int64_t>& positions, int64_t heads, int64_t kv_heads, int64_t d, float scaling,
+               int64_t q_stride, float* out) {
+  const int64_t rows = static_cast<int64_t>(slots.size()), groups = heads / kv_heads;
+  const int64_t max_len = kc.size(2);
+  const T* kbase = kc.data_ptr<T>();
+  const T* vbase = vc.data_ptr<T>();
+  at::parallel_for(0, rows * heads, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> scores;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t m = i / heads, h = i % heads, kvh = h / groups;
+      const int64_t offset = ((slots[m] * kv_heads + kvh) * max_len) * d;
+      attend<T>(q + m * q_stride + h * d, kbase + offset, vbase + offset, positions[m] + 1, d, scaling,
+                out + m * heads * d + h * d, scores);
+    }
+  });
+}
+
+// out[i] = silu(gate[i]) * up[i]
+MOSS_TARGET void swiglu(const float* gate, const float* up, int64_t n, float* out) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 g = _mm512_loadu_ps(gate + i);
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), e)),
+                                            _mm512_loadu_ps(up + i)));
+  }
+  for (; i < n; ++i) out[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
+}
+
+}  // namespace
+
+torch::Tensor q4_matmul(torch::Tensor x, torch::Tensor w, torch::Tensor sb, int64_t group) {
+  const Linear4 l = linear4(w, sb, group);
+  TORCH_CHECK(x.size(-1) == l.k, "input size ", x.size(-1), " does not match the weights' ", l.k);
+  auto rows = x.reshape({-1, l.k}).to(torch::kFloat).contiguous();
+  auto y = torch::empty({rows.size(0), l.n}, torch::kFloat);
+  Activations scratch;
+  matmul(l, rows.data_ptr<float>(), rows.size(0), y.data_ptr<float>(), scratch);
+  auto shape = x.sizes().vec();
+  shape.back() = l.n;
+  return y.view(shape).to(x.scalar_type());
+}
+
+// One decode step through every layer: x [M, H] fp32 residual stream (one new token per row), cos/sin
+// [M, D] rotary tables of each row's position, rows writing their key/value at (slot, position) and attending
+// over positions 0..position of their slot. `layers` holds 10 tensors a layer: input norm weight, q/k/v
+// (w, sb), o (w, sb), post-attention norm weight, gate/up (w, sb), down (w, sb); norms fp32.
+// Returns the residual stream after the last layer (the final norm and the head stay in Python).
+torch::Tensor q4_decode_step(torch::Tensor x, std::vector<torch::Tensor> layers, torch::Tensor cos, torch::Tensor sin,
+                             std::vector<int64_t> slots, std::vector<int64_t> positions, std::vector<torch::Tensor> k_cache,
+                             std::vector<torch::Tensor> v_cache, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                             int64_t group, double eps, double scaling) {
+  constexpr int64_t kPerLayer = 10;
+  TORCH_CHECK(layers.size() % kPerLayer == 0 && layers.size() / kPerLayer == k_cache.size(), "layer tensors");
+  TORCH_CHECK(x.dtype() == torch::kFloat && x.is_contiguous() && x.dim() == 2, "x: contiguous fp32 [M, H]");
+  TORCH_CHECK(head_dim % 16 == 0 && head_dim <= 1024 && heads % kv_heads == 0, "head layout");
+  const int64_t rows = x.size(0), hidden = x.size(1), d = head_dim;
+  TORCH_CHECK(static_cast<int64_t>(slots.size()) == rows && static_cast<int64_t>(positions.size()) == rows, "rows");
+  x = x.clone();
+  float* xs = x.data_ptr<float>();
+  const float* cs = cos.data_ptr<float>();
+  const float* sn = sin.data_ptr<float>();
+  const int64_t q_out = heads * d, kv_out = kv_heads * d;
+  std::vector<float> h(rows * hidden), attn(rows * q_out), big;
+  Activations scratch;
+  for (size_t layer = 0; layer < k_cache.size(); ++layer) {
+    const torch::Tensor* t = layers.data() + layer * kPerLayer;
+    const Linear4 qkv = linear4(t[1], t[2], group), o = linear4(t[3], t[4], group);
+    const Linear4 gate_up = linear4(t[6], t[7], group), down = linear4(t[8], t[9], group);
+    TORCH_CHECK(qkv.n == q_out + 2 * kv_out && qkv.k == hidden && o.n == hidden && down.n == hidden, "shapes");
+    rms_norm(xs, t[0].data_ptr<float>(), rows, hidden, eps, h.data());
+    big.resize(rows * std::max(qkv.n, gate_up.n));
+    matmul(qkv, h.data(), rows, big.data(), scratch);
+    torch::Tensor& kc = k_cache[layer];
+    torch::Tensor& vc = v_cache[layer];
+    for (int64_t m = 0; m < rows; ++m) {
+      float* row = big.data() + m * qkv.n;
+      for (int64_t hd = 0; hd < heads + kv_heads; ++hd) rope(row + hd * d, cs + m * d, sn + m * d, d);
+      for (int64_t hd = 0; hd < kv_heads; ++hd) {
+        const float* kv_k = row + q_out + hd * d;
+        const float* kv_v = row + q_out + kv_out + hd * d;
+        if (kc.dtype() == torch::kBFloat16) {
+          write_kv<at::BFloat16>(kc, slots[m], hd, positions[m], kv_k, d);
+          write_kv<at::BFloat16>(vc, slots[m], hd, positions[m], kv_v, d);
+        } else {
+          write_kv<float>(kc, slots[m], hd, positions[m], kv_k, d);
+          write_kv<float>(vc, slots[m], hd, positions[m], kv_v, d);
+        }
+      }
+    }
+    if (kc.dtype() == torch::kBFloat16)
+      attention<at::BFloat16>(kc, vc, big.data(), slots, positions, heads, kv_heads, d, scaling, qkv.n, attn.data());
+    else
+      attention<float>(kc, vc, big.data(), slots, positions, heads, kv_heads, d, scaling, qkv.n, attn.data());
+    matmul(o, attn.data(), rows, h.data(), scratch);
+    for (int64_t i = 0; i < rows * hidden; ++i) xs[i] += h[i];
+    rms_norm(xs, t[5].data_ptr<float>(), rows, hidden, eps, h.data());
+    matmul(gate_up, h.data(), rows, big.data(), scratch);
+    const int64_t inter = gate_up.n / 2;
+    std::vector<float> act(rows * inter);
+    for (int64_t m = 0; m < rows; ++m)
+      swiglu(big.data() + m * gate_up.n, big.data() + m * gate_up.n + inter, inter, act.data() + m * inter);
+    matmul(down, act.data(), rows, h.data(), scratch);
+    for (int64_t i = 0; i < rows * hidden; ++i) xs[i] += h[i];
+  }
+  return x;
+}
+
+bool cpu_has_vnni() { return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw"); }
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("q4_matmul", &q4_matmul, "int4 weights x activations (int8 blocks, VNNI)");
+  m.def("q4_decode_step", &q4_decode_step, "one decode step of a Llama-family model with int4 linears");
+  m.def("cpu_has_vnni", &cpu_has_vnni);
+}

@@ -1,0 +1,120 @@
+"""mosslm's int4 CPU kernel (mosslm/quant/csrc/q4_cpu.cpp) against references written here in torch:
+its matmul equals int8-block activations times the dequantized weights, for every group size and the odd
+shapes its tiles leave over; a whole decode step in C++ gives the engine the same tokens and log-probs as the
+runner's Python layers on the same weights; MOSSLM_Q4_KERNEL=0 gives torch's kernel back."""
+
+import pytest
+import torch
+
+from mosslm import model as modellib
+from mosslm.engine import SamplingParams
+from mosslm.engine.engine import Engine, EngineConfig
+from mosslm.quant import QuantLinear, q4_kernel, quantize
+from mosslm.quant.linear import Q4_KERNEL_ROWS, unpack_nibbles
+
+pytestmark = pytest.mark.skipif(q4_kernel.unavailable_reason() is not None,
+                                reason=f"mosslm's int4 kernel cannot run here: {q4_kernel.unavailable_reason()}")
+
+
+def emulated(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    """What the kernel computes, in float64: x rounded to int8 per block of 64 (scale max|x| / 127), times the
+    weights q * s + b with s and b rounded to fp16 as the kernel keeps them."""
+    n, k = layer.out_features, layer.in_features
+    blocks = x.double().view(-1, k // 64, 64)
+    scale = blocks.abs().amax(dim=-1, keepdim=True) / 127
+    xq = (torch.round((blocks / scale).float()).double() * scale).view(-1, k)
+    s = layer.scales.float().half().double()
+    b = (layer.zeros.float() - 8 * layer.scales.float()).half().double()
+    q = unpack_nibbles(layer.qweight).double().view(n, k // layer.group_size, layer.group_size)
+    w = (q * s[..., None] + b[..., None]).view(n, k)
+    return xq @ w.t()
+
+
+@pytest.mark.parametrize("k,group", [(576, 32), (576, 64), (1024, 128), (1024, 256), (64, 32)])
+@pytest.mark.parametrize("rows", [1, 3, 6])
+def test_the_matmul_equals_int8_activations_times_the_dequantized_weights(k, group, rows):
+    # 37 outputs: tiles of four and two output rows leave a remainder; 6 rows: a tile of four and two single rows;
+    # 576 inputs are nine blocks of 64, so the 512-bit loop leaves one for the 256-bit one
+    torch.manual_seed(k + group + rows)
+    layer = QuantLinear.from_linear(torch.nn.Linear(k, 37, bias=True), 4, group)
+    assert layer.prepare() == "q4vnni"
+    x = torch.randn(rows, k) * torch.linspace(0.1, 3, k)  # blocks of different scales
+    expected = emulated(layer, x) + layer.bias.double()
+    got = layer(x).double()
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-4 * expected.abs().max().item())
+
+
+def test_the_matmul_is_close_to_the_plain_linear_and_many_rows_are_exact():
+    torch.manual_seed(7)
+    linear = torch.nn.Linear(576, 96, bias=False)
+    layer = QuantLinear.from_linear(linear, 4, 32)
+    layer.prepare()
+    plain = layer.dequantized_weight()
+    few, many = torch.randn(4, 576), torch.randn(Q4_KERNEL_ROWS + 1, 576)
+    reference = few @ plain.t()
+    relative = ((layer(few) - reference).norm() / reference.norm()).item()
+    assert relative < 0.01  # the int8 activations' rounding; llama.cpp's Q8 activations give the same
+    # prefill-sized inputs convert blocks of weights to the activations' dtype and run a matmul
+    assert torch.allclose(layer(many), many @ plain.t(), atol=1e-4)
+
+
+def test_wrong_shapes_are_refused_with_a_message():
+    layer = QuantLinear.from_linear(torch.nn.Linear(128, 32), 4, 32)
+    layer.prepare()
+    kernel = q4_kernel.load()
+    with pytest.raises(RuntimeError, match="input size 64"):
+        kernel.q4_matmul(torch.randn(1, 64), layer.qweight, layer._q4_sb, 32)
+    with pytest.raises(RuntimeError, match="fp16"):
+        kernel.q4_matmul(torch.randn(1, 128), layer.qweight, layer._q4_sb.float(), 32)
+
+
+def int4_model(tokenizer, tmp_path, **overrides):
+    source = tmp_path / "fp"
+    model = modellib.build_model("micro", tokenizer, seed=8, hidden_size=128, intermediate_size=256, **overrides)
+    modellib.save_checkpoint(model, tokenizer, source)
+    quantize(str(source), str(tmp_path / "q4"), 4, group_size=32)
+    return modellib.load(tmp_path / "q4").model
+
+
+def run_prompts(engine, tokenizer, prompts, n=24):
+    params = SamplingParams(max_new_tokens=n, temperature=0.0, logprobs=0)
+    handles = [engine.submit(tokenizer.encode(p, add_special_tokens=False), params) for p in prompts]
+    results = [h.wait(60) for h in handles]
+    return [r.token_ids for r in results], [[lp.logprob for lp in r.logprobs] for r in results]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_decode_step_in_cpp_gives_the_tokens_of_the_python_layers(dtype, tiny_tokenizer, tmp_path):
+    model = int4_model(tiny_tokenizer, tmp_path).to(dtype)
+    prompts = ["你好！What is 12 times 7?", "Tell me about the Yangtze.", "1+1="]  # three lengths, batched
+    config = EngineConfig(max_running=4, kv_budget_mb=8, max_seq_len=128)
+    engine = Engine(model, tiny_tokenizer, config)
+    try:
+        assert engine.runner.q4_step is not None, engine.runner_note
+        ours, our_lp = run_prompts(engine, tiny_tokenizer, prompts)
+    finally:
+        engine.shutdown()
+    engine = Engine(model, tiny_tokenizer, config)
+    try:
+        engine.runner.q4_step = None  # every step through the runner's Python layers, on the same kernels
+        theirs, their_lp = run_prompts(engine, tiny_tokenizer, prompts)
+    finally:
+        engine.shutdown()
+    assert ours == theirs and all(len(t) == 24 for t in ours)
+    # fp32 throughout in C++; the Python layers keep the model's dtype between operations
+    tolerance = 2e-3 if dtype == torch.float32 else 0.1
+    for a, b in zip(our_lp, their_lp):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=tolerance)
+
+
+def test_the_environment_switch_gives_torchs_kernel_back(monkeypatch, tiny_tokenizer, tmp_path):
+    monkeypatch.setenv("MOSSLM_Q4_KERNEL", "0")
+    q4_kernel.reset()
+    try:
+        assert q4_kernel.load() is None and "MOSSLM_Q4_KERNEL=0" in q4_kernel.reason()
+        layer = QuantLinear.from_linear(torch.nn.Linear(128, 64), 4, 32)
+        assert layer.prepare() == "int4pack"
+    finally:
+        monkeypatch.delenv("MOSSLM_Q4_KERNEL")
+        q4_kernel.reset()
+    assert q4_kernel.load() is not None and q4_kernel.reason() is None
