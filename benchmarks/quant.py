@@ -45,6 +45,7 @@ from mosslm.engine import SamplingParams  # noqa: E402
 from mosslm.engine.engine import Engine, EngineConfig  # noqa: E402
 from mosslm.hardware import copy_bandwidth_gbs  # noqa: E402
 from mosslm.quant.gguf_export import export as export_gguf  # noqa: E402
+from mosslm.quant.linear import QuantLinear  # noqa: E402
 
 TEXT = ROOT / "mosslm" / "resources" / "eval" / "bpb.txt"  # also the text of `moss eval --tasks bpb`
 PEERS = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mosslm" / "peers"
@@ -190,7 +191,8 @@ def bench_model(name: str, out: Path, peers: Path, new: int, bandwidth: float) -
         dtype = "bf16" if kind == "bf16" else ("fp32" if kind == "fp32" else activation_dtype())
         loaded = modellib.load(folder, dtype=dtype)
         model = loaded.model
-        row = {"activations": dtype, "weight_mb": quant.weight_bytes(model) / 2**20,
+        kernels = sorted({m._kernel for m in model.modules() if isinstance(m, QuantLinear)})
+        row = {"activations": dtype, "kernel": ",".join(kernels) or "torch", "weight_mb": quant.weight_bytes(model) / 2**20,
                "bytes_per_token_mb": bytes_per_token(model) / 2**20, "ppl": perplexity(model, tok)}
         row.update(engine_figures(model, tok, prompts, new))
         row["bandwidth_share"] = row["bytes_per_token_mb"] * 2**20 * row["batch1_tok_s"] / (bandwidth * 1e9)
@@ -227,7 +229,8 @@ def report(name: str, res: dict, bandwidth: float) -> None:
     print("| run | weights MB | batch-1 tok/s | 16 streams tok/s | ppl | bandwidth share |\n|---|---|---|---|---|---|")
     for kind in ("fp32", "bf16", "int8", "int4"):
         r = runs[kind]
-        print(f"| ours {kind} ({r['activations']} activations) | {r['weight_mb']:.0f} | {r['batch1_tok_s']:.1f} | "
+        into = ", int8 into the linears" if r.get("kernel") in ("q4vnni", "q8vnni") else ""
+        print(f"| ours {kind} ({r['activations']} activations{into}) | {r['weight_mb']:.0f} | {r['batch1_tok_s']:.1f} | "
               f"{r['c16_tok_s']:.1f} | {r['ppl']:.3f} | {r['bandwidth_share']:.0%} |")
     for q in ("q8_0", "q4_0"):
         r = runs[f"llama.cpp {q}"]

@@ -146,8 +146,8 @@ def webchat_model(tiny_tokenizer, tmp_path_factory):
 
 
 @pytest.fixture
-def torch_int4_kernel(monkeypatch):
-    """int4 layers on torch's own CPU kernel instead of mosslm's (csrc/q4_cpu.cpp), for this test."""
+def torch_quant_kernels(monkeypatch):
+    """int8 and int4 layers on torch's own CPU kernels instead of mosslm's (csrc/q4_cpu.cpp), for this test."""
     from mosslm.quant import q4_kernel
 
     monkeypatch.setenv("MOSSLM_Q4_KERNEL", "0")

@@ -1,7 +1,7 @@
-"""mosslm's int4 CPU kernel (mosslm/quant/csrc/q4_cpu.cpp) against references written here in torch:
-its matmul equals int8-block activations times the dequantized weights, for every group size and the odd
-shapes its tiles leave over; a whole decode step in C++ gives the engine the same tokens and log-probs as the
-runner's Python layers on the same weights; MOSSLM_Q4_KERNEL=0 gives torch's kernel back."""
+"""mosslm's int4 and int8 CPU kernels (mosslm/quant/csrc/q4_cpu.cpp) against references written here in
+torch: the matmul equals int8-block activations times the dequantized weights, for every group size and the
+odd shapes its tiles leave over; a whole decode step in C++ gives the engine the same tokens and log-probs as
+the runner's Python layers on the same weights; MOSSLM_Q4_KERNEL=0 gives torch's kernels back."""
 
 import pytest
 import torch
@@ -16,18 +16,21 @@ pytestmark = pytest.mark.skipif(q4_kernel.unavailable_reason() is not None,
                                 reason=f"mosslm's int4 kernel cannot run here: {q4_kernel.unavailable_reason()}")
 
 
-def emulated(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
-    """What the kernel computes, in float64: x rounded to int8 per block of 64 (scale max|x| / 127), times the
-    weights q * s + b with s and b rounded to fp16 as the kernel keeps them."""
-    n, k = layer.out_features, layer.in_features
-    blocks = x.double().view(-1, k // 64, 64)
+def emulated(portable: dict, group: int, x: torch.Tensor) -> torch.Tensor:
+    """What the kernel computes, in float64, from the layer's portable int4 buffers: x rounded to int8 per block
+    of 64 (scale max|x| / 127), times the weights q * s + b with s and b = zero - 8 s rounded to fp16."""
+    q = unpack_nibbles(portable["qweight"]).double()
+    n, k = q.shape
+    s = portable["scales"].float().half().double()
+    b = (portable["zeros"].float() - 8 * portable["scales"].float()).half().double()
+    w = (q.view(n, k // group, group) * s[..., None] + b[..., None]).view(n, k)
+    return activations_int8(x) @ w.t()
+
+
+def activations_int8(x: torch.Tensor) -> torch.Tensor:
+    blocks = x.double().view(x.shape[0], -1, 64)
     scale = blocks.abs().amax(dim=-1, keepdim=True) / 127
-    xq = (torch.round((blocks / scale).float()).double() * scale).view(-1, k)
-    s = layer.scales.float().half().double()
-    b = (layer.zeros.float() - 8 * layer.scales.float()).half().double()
-    q = unpack_nibbles(layer.qweight).double().view(n, k // layer.group_size, layer.group_size)
-    w = (q * s[..., None] + b[..., None]).view(n, k)
-    return xq @ w.t()
+    return (torch.round((blocks / scale).float()).double() * scale).view(x.shape)
 
 
 @pytest.mark.parametrize("k,group", [(576, 32), (576, 64), (1024, 128), (1024, 256), (64, 32)])
@@ -37,19 +40,36 @@ def test_the_matmul_equals_int8_activations_times_the_dequantized_weights(k, gro
     # 576 inputs are nine blocks of 64, so the 512-bit loop leaves one for the 256-bit one
     torch.manual_seed(k + group + rows)
     layer = QuantLinear.from_linear(torch.nn.Linear(k, 37, bias=True), 4, group)
+    portable = {name: t.clone() for name, t in layer.state_dict().items()}
     assert layer.prepare() == "q4vnni"
     x = torch.randn(rows, k) * torch.linspace(0.1, 3, k)  # blocks of different scales
-    expected = emulated(layer, x) + layer.bias.double()
+    expected = emulated(portable, group, x) + layer.bias.double()
     got = layer(x).double()
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-4 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("k", [64, 576, 1536])
+@pytest.mark.parametrize("rows", [1, 6])
+def test_the_int8_matmul_equals_int8_activations_times_the_int8_weights(k, rows):
+    torch.manual_seed(k + rows)
+    layer = QuantLinear.from_linear(torch.nn.Linear(k, 37, bias=True), 8)
+    assert layer.prepare() == "q8vnni" and layer.qweight.numel() == 0  # the unsigned copy replaces the signed one
+    x = torch.randn(rows, k) * torch.linspace(0.1, 3, k)
+    weight = layer.dequantized_weight().double()
+    expected = activations_int8(x) @ weight.t() + layer.bias.double()
+    assert torch.allclose(layer(x).double(), expected, rtol=1e-5, atol=1e-4 * expected.abs().max().item())
+    many = torch.randn(Q4_KERNEL_ROWS + 1, k)  # prefill-sized: blocks of exact values and a matmul
+    assert torch.allclose(layer(many).double(), many.double() @ weight.t() + layer.bias.double(), atol=1e-3)
 
 
 def test_the_matmul_is_close_to_the_plain_linear_and_many_rows_are_exact():
     torch.manual_seed(7)
     linear = torch.nn.Linear(576, 96, bias=False)
     layer = QuantLinear.from_linear(linear, 4, 32)
+    exact = layer.dequantized_weight()
     layer.prepare()
-    plain = layer.dequantized_weight()
+    plain = layer.dequantized_weight()  # from the fp16 scales the kernel keeps: within their rounding
+    assert torch.allclose(plain, exact, atol=2e-3 * exact.abs().max().item())  # as llama.cpp's Q4_1 rounds
     few, many = torch.randn(4, 576), torch.randn(Q4_KERNEL_ROWS + 1, 576)
     reference = few @ plain.t()
     relative = ((layer(few) - reference).norm() / reference.norm()).item()
@@ -65,15 +85,15 @@ def test_wrong_shapes_are_refused_with_a_message():
     with pytest.raises(RuntimeError, match="input size 64"):
         kernel.q4_matmul(torch.randn(1, 64), layer.qweight, layer._q4_sb, 32)
     with pytest.raises(RuntimeError, match="fp16"):
-        kernel.q4_matmul(torch.randn(1, 128), layer.qweight, layer._q4_sb.float(), 32)
+        kernel.q4_matmul(torch.randn(1, 128), layer.qweight, layer._q4_sb.bfloat16(), 32)
 
 
-def int4_model(tokenizer, tmp_path, **overrides):
+def quantized_model(tokenizer, tmp_path, bits):
     source = tmp_path / "fp"
-    model = modellib.build_model("micro", tokenizer, seed=8, hidden_size=128, intermediate_size=256, **overrides)
+    model = modellib.build_model("micro", tokenizer, seed=8, hidden_size=128, intermediate_size=256)
     modellib.save_checkpoint(model, tokenizer, source)
-    quantize(str(source), str(tmp_path / "q4"), 4, group_size=32)
-    return modellib.load(tmp_path / "q4").model
+    quantize(str(source), str(tmp_path / "q"), bits, group_size=32 if bits == 4 else None)
+    return modellib.load(tmp_path / "q").model
 
 
 def run_prompts(engine, tokenizer, prompts, n=24):
@@ -83,9 +103,9 @@ def run_prompts(engine, tokenizer, prompts, n=24):
     return [r.token_ids for r in results], [[lp.logprob for lp in r.logprobs] for r in results]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_decode_step_in_cpp_gives_the_tokens_of_the_python_layers(dtype, tiny_tokenizer, tmp_path):
-    model = int4_model(tiny_tokenizer, tmp_path).to(dtype)
+@pytest.mark.parametrize("bits,dtype", [(4, torch.float32), (4, torch.bfloat16), (8, torch.float32)])
+def test_a_decode_step_in_cpp_gives_the_tokens_of_the_python_layers(bits, dtype, tiny_tokenizer, tmp_path):
+    model = quantized_model(tiny_tokenizer, tmp_path, bits).to(dtype)
     prompts = ["你好！What is 12 times 7?", "Tell me about the Yangtze.", "1+1="]  # three lengths, batched
     config = EngineConfig(max_running=4, kv_budget_mb=8, max_seq_len=128)
     engine = Engine(model, tiny_tokenizer, config)
@@ -112,8 +132,8 @@ def test_the_environment_switch_gives_torchs_kernel_back(monkeypatch, tiny_token
     q4_kernel.reset()
     try:
         assert q4_kernel.load() is None and "MOSSLM_Q4_KERNEL=0" in q4_kernel.reason()
-        layer = QuantLinear.from_linear(torch.nn.Linear(128, 64), 4, 32)
-        assert layer.prepare() == "int4pack"
+        assert QuantLinear.from_linear(torch.nn.Linear(128, 64), 4, 32).prepare() == "int4pack"
+        assert QuantLinear.from_linear(torch.nn.Linear(128, 64), 8).prepare() == "int8pack"
     finally:
         monkeypatch.delenv("MOSSLM_Q4_KERNEL")
         q4_kernel.reset()

@@ -37,7 +37,7 @@ def test_int8_and_int4_round_trips_stay_within_one_step_of_the_grid():
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-def test_the_cpu_kernel_equals_a_plain_linear_on_the_dequantized_weight(bits, torch_int4_kernel):
+def test_the_cpu_kernel_equals_a_plain_linear_on_the_dequantized_weight(bits, torch_quant_kernels):
     torch.manual_seed(1)
     linear = torch.nn.Linear(128, 64, bias=True)
     layer = QuantLinear.from_linear(linear, bits, 32)
@@ -50,7 +50,7 @@ def test_the_cpu_kernel_equals_a_plain_linear_on_the_dequantized_weight(bits, to
     assert torch.allclose(layer.to(torch.bfloat16)(x.bfloat16()).float(), expected, atol=0.1, rtol=0.05)
 
 
-def test_int8_with_many_rows_converts_in_blocks_and_keeps_the_numbers(monkeypatch):
+def test_int8_with_many_rows_converts_in_blocks_and_keeps_the_numbers(monkeypatch, torch_quant_kernels):
     from mosslm.quant import linear as quant_linear
 
     torch.manual_seed(2)
@@ -68,7 +68,7 @@ def test_int8_with_many_rows_converts_in_blocks_and_keeps_the_numbers(monkeypatc
     assert torch.allclose(layer(both)[: len(few)], layer(few), atol=1e-4)
 
 
-def test_an_int8_weight_at_an_odd_address_is_copied_to_an_aligned_one():
+def test_an_int8_weight_at_an_odd_address_is_copied_to_an_aligned_one(torch_quant_kernels):
     # safetensors hands out tensors at any byte offset; torch's int8 kernel crashed on one with 16 bf16 rows
     torch.manual_seed(3)
     layer = QuantLinear.from_linear(torch.nn.Linear(576, 192), 8)
@@ -83,7 +83,7 @@ def test_an_int8_weight_at_an_odd_address_is_copied_to_an_aligned_one():
     assert torch.allclose(layer(x).float(), x.float() @ before.t() + layer.bias.float(), atol=0.5, rtol=0.02)
 
 
-def test_a_layer_the_int4_kernel_cannot_take_falls_back_to_the_dequantized_weight(torch_int4_kernel):
+def test_a_layer_the_int4_kernel_cannot_take_falls_back_to_the_dequantized_weight(torch_quant_kernels):
     linear = torch.nn.Linear(64, 40)  # 40 outputs: not a multiple of 16
     layer = QuantLinear.from_linear(linear, 4, 32)
     assert layer.prepare() == "dequantize"

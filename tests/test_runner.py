@@ -55,14 +55,15 @@ def test_own_decoder_gives_transformers_tokens_and_logprobs(arch, tiny_tokenizer
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)
 
 
-@pytest.mark.parametrize("bits,kernel", [(8, "int8pack"), (4, "int4pack"), (4, "q4vnni")])
+@pytest.mark.parametrize("bits,kernel", [(8, "int8pack"), (8, "q8vnni"), (4, "int4pack"), (4, "q4vnni")])
 def test_quantized_projections_are_joined_into_one_call_without_a_second_copy(bits, kernel, tiny_tokenizer, tmp_path,
                                                                               monkeypatch):
     from mosslm.quant import q4_kernel
 
-    if kernel == "q4vnni" and q4_kernel.unavailable_reason():
-        pytest.skip(f"mosslm's int4 kernel cannot run here: {q4_kernel.unavailable_reason()}")
-    monkeypatch.setenv("MOSSLM_Q4_KERNEL", "1" if kernel == "q4vnni" else "0")
+    ours = kernel in ("q4vnni", "q8vnni")
+    if ours and q4_kernel.unavailable_reason():
+        pytest.skip(f"mosslm's kernels cannot run here: {q4_kernel.unavailable_reason()}")
+    monkeypatch.setenv("MOSSLM_Q4_KERNEL", "1" if ours else "0")
     q4_kernel.reset()
     try:
         check_joined_projections(bits, kernel, tiny_tokenizer, tmp_path)
@@ -87,10 +88,11 @@ def check_joined_projections(bits, kernel, tiny_tokenizer, tmp_path):
     joined = runner.layers[0].qkv
     assert isinstance(joined, QuantLinear) and joined.out_features == sum(p.out_features for p in parts)
     assert torch.equal(joined(x), separate) and torch.equal(torch.cat([p(x) for p in parts], dim=-1), separate)
-    whole = joined._packed if kernel == "int4pack" else joined.qweight
+    values = {"int4pack": "_packed", "q8vnni": "_q8u"}.get(kernel, "qweight")
+    whole = getattr(joined, values)
     start, end = whole.data_ptr(), whole.data_ptr() + whole.numel() * whole.element_size()
     for p in parts:  # the parts now read their rows of the joined weights
-        mine = p._packed if kernel == "int4pack" else p.qweight
+        mine = getattr(p, values)
         assert start <= mine.data_ptr() < end
     theirs, _ = generate_all(model, tiny_tokenizer, own=False)
     ours, _ = generate_all(model, tiny_tokenizer, own=True)

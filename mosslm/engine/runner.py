@@ -73,7 +73,7 @@ def _joinable(layers: list[torch.nn.Module]) -> bool:
     if not all(isinstance(m, QuantLinear) for m in layers):
         return False
     keys = {(m.in_features, m.bits, m.group_size, m._kernel, m.bias is None, m.scales.dtype) for m in layers}
-    return len(keys) == 1 and layers[0]._kernel in ("int8pack", "int4pack", "q4vnni")
+    return len(keys) == 1 and layers[0]._kernel in ("int8pack", "int4pack", "q4vnni", "q8vnni")
 
 
 @torch.no_grad()
@@ -96,10 +96,14 @@ def join_linears(layers: list[torch.nn.Module]) -> torch.nn.Module | None:
     if first.bias is not None:
         joined.bias = torch.cat([m.bias for m in layers])
     joined._kernel = first._kernel
-    if first.bits == 8:
+    if first._kernel == "q8vnni":
+        joined.qweight = torch.empty(0, dtype=torch.int8)
+        joined._q8u = torch.cat([m._q8u for m in layers])
+        joined._q8_scale = torch.cat([m._q8_scale for m in layers])
+    elif first.bits == 8:
         joined.qweight = torch.cat([m.qweight for m in layers])
     elif first._kernel == "q4vnni":
-        joined.zeros = torch.cat([m.zeros for m in layers])
+        joined.zeros = torch.empty(0, dtype=first.zeros.dtype)
         joined.qweight = torch.cat([m.qweight for m in layers])
         joined._q4_sb = torch.cat([m._q4_sb for m in layers])
     else:
@@ -113,7 +117,9 @@ def join_linears(layers: list[torch.nn.Module]) -> torch.nn.Module | None:
         return None
     rows = 0
     for m, size in zip(layers, sizes):  # the parts read their rows of the joined weights where aligned
-        if first.bits == 8:
+        if first._kernel == "q8vnni":
+            m._q8u, m._q8_scale = joined._q8u[rows: rows + size], joined._q8_scale[rows: rows + size]
+        elif first.bits == 8:
             view = joined.qweight[rows: rows + size]
             if view.data_ptr() % 64 == 0:  # the int8 kernel's vector loads need aligned rows (linear.py)
                 m.qweight, m.scales, m._cast_scales = view, joined.scales[rows: rows + size], None
@@ -169,26 +175,27 @@ class _Layer:
 
 
 def _q4_step_tensors(layers: list[_Layer]) -> list[torch.Tensor] | None:
-    """The 10 tensors a layer that csrc/q4_cpu.cpp's decode step reads, or None where a layer is not int4 on
-    mosslm's kernel with joined q/k/v and gate/up (then every step runs the layers above)."""
+    """The 10 tensors a layer that csrc/q4_cpu.cpp's decode step reads, or None where a layer is not int4 or
+    int8 on mosslm's kernels with joined q/k/v and gate/up (then every step runs the layers above)."""
     out, groups = [], set()
     for layer in layers:
         linears = [layer.qkv, layer.o, layer.gate_up, layer.down]
-        if any(getattr(m, "_kernel", None) != "q4vnni" or m.bias is not None for m in linears):
+        if any(getattr(m, "_kernel", None) not in ("q4vnni", "q8vnni") or m.bias is not None for m in linears):
             return None
         if layer.head_dim % 16 or any(n.weight is None for n in (layer.in_norm, layer.post_norm)):
             return None
-        groups |= {m.group_size for m in linears}
-        qkv, o, gate_up, down = ((m.qweight, m._q4_sb) for m in linears)
+        groups |= {m.group_size for m in linears if m._kernel == "q4vnni"}
+        qkv, o, gate_up, down = ((m.qweight, m._q4_sb) if m._kernel == "q4vnni" else (m._q8u, m._q8_scale)
+                                 for m in linears)
         out += [layer.in_norm.weight.detach().float().contiguous(), *qkv, *o,
                 layer.post_norm.weight.detach().float().contiguous(), *gate_up, *down]
-    return out if len(groups) == 1 else None
+    return out if len(groups) <= 1 else None
 
 
 class DecoderRunner:
     """decoder(ids [B, n], mask [B, 1, n, kv], positions [B, n], kv) -> last hidden states [B, n, H].
 
-    Where every layer is int4 on mosslm's kernel, a decode step (one new token a row, the engine's SlotKV
+    Where every layer is int4 or int8 on mosslm's kernels, a decode step (one new token a row, the engine's SlotKV
     cache) is one C++ call over all layers (`q4_decode_step`): fp32 activations, int8 per block into the
     linears, attention over each row's own slot. Prefill and everything else run the layers in Python."""
 
@@ -201,7 +208,9 @@ class DecoderRunner:
         self.q4_step = _q4_step_tensors(self.layers) if fuse and self.layers else None
         if self.q4_step is not None:
             first = self.layers[0]
-            self._q4_args = (first.heads, first.kv_heads, first.head_dim, first.qkv.group_size,
+            groups = {m.group_size for layer in self.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)
+                      if m._kernel == "q4vnni"}
+            self._q4_args = (first.heads, first.kv_heads, first.head_dim, groups.pop() if groups else 0,
                              float(first.in_norm.variance_epsilon), float(first.scaling))
 
     def _q4_decode(self, ids: torch.Tensor, positions: torch.Tensor, kv) -> torch.Tensor:

@@ -140,6 +140,8 @@ class QuantLinear(torch.nn.Module):
         self._kernel: str | None = None
         self._cast_scales: torch.Tensor | None = None   # int8 scales in the activation dtype
         self._q4_sb: torch.Tensor | None = None         # q4vnni: fp16 [N, K/g, 2] (scale, zero - 8 scale)
+        self._q8u: torch.Tensor | None = None           # q8vnni: uint8 [N, K], the int8 values plus 128
+        self._q8_scale: torch.Tensor | None = None      # q8vnni: fp32 [N]
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, bits: int, group_size: int | None = None) -> QuantLinear:
@@ -161,16 +163,27 @@ class QuantLinear(torch.nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         """The fp32 weight these numbers stand for (what a plain linear would hold)."""
         if self.bits == 8:
-            return dequantize_int8(self.qweight, self.scales)
+            return dequantize_int8(self._int8_values(slice(None)), self.scales)
         if self._packed is not None and self.qweight.numel() == 0:
             raise QuantError("the portable int4 weights were dropped by prepare(keep_portable=False)")
+        if self._kernel == "q4vnni":
+            return self._q4_weight(slice(None))
         return dequantize_int4(unpack_nibbles(self.qweight), self.scales, self.zeros, self.group_size)
+
+    def _q4_weight(self, rows: slice) -> torch.Tensor:
+        """q4vnni: fp32 weights of some output rows from the kernel's fp16 (scale, offset) pairs."""
+        q = unpack_nibbles(self.qweight[rows]).float()
+        n, k = q.shape
+        sb = self._q4_sb[rows].float()
+        return (q.view(n, -1, self.group_size) * sb[..., :1] + sb[..., 1:]).view(n, k)
 
     def weight_bytes(self) -> int:
         """Bytes the forward reads for the weights (values and scales)."""
         tensors = [self._packed if self._packed is not None else self.qweight, self.scales]
         if self._kernel == "q4vnni":
             tensors = [self.qweight, self._q4_sb]
+        elif self._kernel == "q8vnni":
+            tensors = [self._q8u, self._q8_scale, self.scales]  # `scales` stay for the many-row path
         elif self.bits == 4:
             tensors.append(self.zeros)
         return sum(t.numel() * t.element_size() for t in tensors)
@@ -180,7 +193,13 @@ class QuantLinear(torch.nn.Module):
         """Choose the kernel for this device and make its weight layout; returns the kernel's name."""
         self._kernel = "dequantize"
         if self.qweight.device.type == "cpu":
-            if self.bits == 8 and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+            if self.bits == 8 and q4_kernel.supports_int8(self.in_features) and q4_kernel.load():
+                # mosslm's kernel reads the values plus 128 (unsigned); they replace the signed copy
+                self._q8u = (self.qweight.to(torch.int16) + 128).to(torch.uint8).contiguous()
+                self._q8_scale = self.scales.float().contiguous()
+                self.qweight = torch.empty(0, dtype=torch.int8)
+                self._kernel = "q8vnni"
+            elif self.bits == 8 and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
                 # Tensors read from a safetensors file can start at any byte; the kernel's vector loads crash
                 # on such a weight (seen with 16 rows, bf16), so it gets a copy from torch's aligned allocator.
                 if self.qweight.data_ptr() % 64:
@@ -191,6 +210,9 @@ class QuantLinear(torch.nn.Module):
                 scale = self.scales.float()
                 self._q4_sb = torch.stack([scale, self.zeros.float() - 8 * scale], dim=-1).half().contiguous()
                 self._kernel = "q4vnni"
+                # the fp16 pairs are the numbers the layer runs on from here; the fp32 copies go
+                self.scales = torch.empty(0, dtype=self.scales.dtype)
+                self.zeros = torch.empty(0, dtype=self.zeros.dtype)
             elif self.bits == 4 and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") \
                     and self.out_features % 16 == 0:
                 q = unpack_nibbles(self.qweight).to(torch.int32)
@@ -215,7 +237,9 @@ class QuantLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if self._kernel == "int8pack" and rows.shape[0] > INT8_MATMUL_ROWS:
+        if self._kernel == "q8vnni" and rows.shape[0] <= Q4_KERNEL_ROWS:
+            y = q4_kernel.load().q4_matmul(rows, self._q8u, self._q8_scale, 0)
+        elif self._kernel in ("int8pack", "q8vnni") and rows.shape[0] > INT8_MATMUL_ROWS:
             y = self._int8_blocks(rows)
         elif self._kernel == "int8pack":
             y = torch.ops.aten._weight_int8pack_mm(rows.contiguous(), self.qweight, self._scales_as(rows.dtype))
@@ -244,16 +268,21 @@ class QuantLinear(torch.nn.Module):
         scales = self.scales.float()  # applied in fp32
         for start in range(0, self.out_features, INT8_BLOCK_ROWS):
             block = slice(start, start + INT8_BLOCK_ROWS)
-            torch.mul(F.linear(rows, self.qweight[block].to(rows.dtype)), scales[block], out=y[:, block])
+            torch.mul(F.linear(rows, self._int8_values(block).to(rows.dtype)), scales[block], out=y[:, block])
         return y
+
+    def _int8_values(self, rows: slice) -> torch.Tensor:
+        """The int8 values of some output rows, from whichever copy the kernel keeps."""
+        if self._kernel == "q8vnni":
+            return (self._q8u[rows].to(torch.int16) - 128).to(torch.int8)
+        return self.qweight[rows]
 
     def _int4_blocks(self, rows: torch.Tensor) -> torch.Tensor:
         y = torch.empty(rows.shape[0], self.out_features, dtype=rows.dtype, device=rows.device)
         step = INT8_BLOCK_ROWS // 4
         for start in range(0, self.out_features, step):
             block = slice(start, start + step)
-            w = dequantize_int4(unpack_nibbles(self.qweight[block]), self.scales[block], self.zeros[block],
-                                self.group_size)
+            w = self._q4_weight(block)
             torch.matmul(rows, w.to(rows.dtype).t(), out=y[:, block])
         return y
 

@@ -1,4 +1,4 @@
-"""mosslm's own int4 CPU kernel (csrc/q4_cpu.cpp), built on first use where it can run.
+"""mosslm's own int4 and int8 CPU kernels (csrc/q4_cpu.cpp), built on first use where they can run.
 
 Why a kernel of our own: torch's `_weight_int4pack_mm_for_cpu` converts each int4 weight to floating point
 and reads SmolLM2-135M's int4 weights at about 10-12 GB/s on 2 Xeon cores, and a decode step pays
@@ -78,6 +78,10 @@ def load():
 def reason() -> str | None:
     load()
     return _state.get("reason")
+
+
+def supports_int8(in_features: int) -> bool:
+    return in_features % BLOCK == 0
 
 
 def supports(in_features: int, group_size: int) -> bool:

@@ -22,13 +22,13 @@ constexpr int64_t kBlock = 64;  // activation block: 32 weight bytes
 
 #define MOSS_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 
-struct Activations {  // x [M, K] as int8 blocks (even inputs first, then odd), a scale and a sum per block
+struct Activations {  // x [M, K] as int8 blocks (int4: even inputs first, then odd), a scale and sums per block
   std::vector<int8_t> q;
   std::vector<float> scale, sum;
   int64_t rows = 0, k = 0;
 };
 
-void quantize_rows(const float* x, int64_t rows, int64_t k, Activations& a) {
+void quantize_rows(const float* x, int64_t rows, int64_t k, Activations& a, bool interleave = true) {
   const int64_t blocks = k / kBlock;
   a.rows = rows;
   a.k = k;
@@ -43,9 +43,14 @@ void quantize_rows(const float* x, int64_t rows, int64_t k, Activations& a) {
     int8_t* out = a.q.data() + i * kBlock;
     int half_sums[2] = {0, 0};  // inputs 0-31 and 32-63: a group of 32 has its own offset
     for (int64_t j = 0; j < kBlock / 2; ++j) {
-      out[j] = static_cast<int8_t>(std::nearbyint(in[2 * j] * inv));
-      out[kBlock / 2 + j] = static_cast<int8_t>(std::nearbyint(in[2 * j + 1] * inv));
-      half_sums[j >= kBlock / 4] += out[j] + out[kBlock / 2 + j];
+      const int8_t even = static_cast<int8_t>(std::nearbyint(in[2 * j] * inv));
+      const int8_t odd = static_cast<int8_t>(std::nearbyint(in[2 * j + 1] * inv));
+      if (interleave) {
+        out[j] = even, out[kBlock / 2 + j] = odd;
+      } else {
+        out[2 * j] = even, out[2 * j + 1] = odd;
+      }
+      half_sums[j >= kBlock / 4] += even + odd;
     }
     a.scale[i] = amax / 127.f;
     a.sum[2 * i] = a.scale[i] * static_cast<float>(half_sums[0]);
@@ -189,14 +194,66 @@ void gemv_rows(const uint8_t* w, const uint16_t* sb, int64_t group, const Activa
   }
 }
 
-struct Linear4 {
+// int8 weights (one scale per output row) stored plus 128 as uint8, so vpdpbusd takes them as its unsigned
+// operand and the int8 activations as the signed one: sum (w + 128) x = sum w x + 128 sum x, and the second
+// term is one number per activation row (`shift` below), taken off at the end.
+template <int kRows, int kCols>
+MOSS_TARGET void gemv8_tile(const uint8_t* w, const float* scale, const Activations& a, const float* shift, float* y,
+                            int64_t n_out, int64_t n, int64_t m0) {
+  const int64_t k = a.k, blocks = k / kBlock;
+  __m512 acc[kCols][kRows];
+  for (int c = 0; c < kCols; ++c)
+    for (int r = 0; r < kRows; ++r) acc[c][r] = _mm512_setzero_ps();
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    __m512i wv[kRows];
+    for (int r = 0; r < kRows; ++r) wv[r] = _mm512_loadu_si512(w + (n + r) * k + blk * kBlock);
+    for (int c = 0; c < kCols; ++c) {
+      const int64_t m = m0 + c;
+      const __m512i xv = _mm512_loadu_si512(a.q.data() + m * k + blk * kBlock);
+      const __m512 xs = _mm512_set1_ps(a.scale[m * blocks + blk]);
+      for (int r = 0; r < kRows; ++r)
+        acc[c][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r], xv)), xs,
+                                    acc[c][r]);
+    }
+  }
+  for (int c = 0; c < kCols; ++c)
+    for (int r = 0; r < kRows; ++r)
+      y[(m0 + c) * n_out + n + r] = scale[n + r] * (_mm512_reduce_add_ps(acc[c][r]) - shift[m0 + c]);
+}
+
+void gemv8_rows(const uint8_t* w, const float* scale, const Activations& a, const float* shift, float* y,
+                int64_t n_out, int64_t n0, int64_t n1) {
+  int64_t m = 0;
+  for (; m + 4 <= a.rows; m += 4) {
+    int64_t n = n0;
+    for (; n + 2 <= n1; n += 2) gemv8_tile<2, 4>(w, scale, a, shift, y, n_out, n, m);
+    for (; n < n1; ++n) gemv8_tile<1, 4>(w, scale, a, shift, y, n_out, n, m);
+  }
+  for (; m < a.rows; ++m) {
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) gemv8_tile<4, 1>(w, scale, a, shift, y, n_out, n, m);
+    for (; n < n1; ++n) gemv8_tile<1, 1>(w, scale, a, shift, y, n_out, n, m);
+  }
+}
+
+struct Linear4 {  // int4, or int8 where `scale8` is set
   const uint8_t* w;
-  const uint16_t* sb;  // fp16 (scale, offset) pairs, [N, K/g, 2]
+  const uint16_t* sb;  // int4: fp16 (scale, offset) pairs, [N, K/g, 2]
   int64_t n, k, group;
+  const float* scale8 = nullptr;  // int8: fp32 [N]; w is [N, K], the values plus 128
 };
 
+// A linear's weights as the kernels read them: int4 (uint8 [N, K/2] with fp16 [N, K/g, 2]) or int8
+// (uint8 [N, K] with fp32 [N]), told apart by the second tensor.
 Linear4 linear4(const torch::Tensor& w, const torch::Tensor& sb, int64_t group) {
-  TORCH_CHECK(w.dtype() == torch::kUInt8 && w.is_contiguous() && w.dim() == 2, "int4 weights: uint8 [N, K/2]");
+  TORCH_CHECK(w.dtype() == torch::kUInt8 && w.is_contiguous() && w.dim() == 2, "weights: contiguous uint8 [N, *]");
+  if (sb.dtype() == torch::kFloat) {
+    TORCH_CHECK(sb.is_contiguous() && sb.dim() == 1 && sb.size(0) == w.size(0), "int8 scales: contiguous fp32 [N]");
+    TORCH_CHECK(w.size(1) % kBlock == 0, "int8 input size must be a multiple of 64");
+    Linear4 l{w.data_ptr<uint8_t>(), nullptr, w.size(0), w.size(1), 0};
+    l.scale8 = sb.data_ptr<float>();
+    return l;
+  }
   const int64_t k = w.size(1) * 2;
   TORCH_CHECK(group >= 32 && (group & (group - 1)) == 0 && k % group == 0 && k % kBlock == 0,
               "group size must be a power of two from 32 dividing K, and K a multiple of 64");
@@ -206,6 +263,17 @@ Linear4 linear4(const torch::Tensor& w, const torch::Tensor& sb, int64_t group) 
 }
 
 MOSS_TARGET void matmul(const Linear4& l, const float* x, int64_t rows, float* y, Activations& scratch) {
+  if (l.scale8 != nullptr) {
+    quantize_rows(x, rows, l.k, scratch, /*interleave=*/false);
+    std::vector<float> shift(rows, 0.f);  // 128 x the quantized row's sum
+    for (int64_t m = 0; m < rows; ++m)
+      for (int64_t i = 0; i < 2 * (l.k / kBlock); ++i) shift[m] += 128.f * scratch.sum[m * 2 * (l.k / kBlock) + i];
+    const int64_t grain = std::max<int64_t>(4, 65536 / std::max<int64_t>(1, rows * l.k));
+    at::parallel_for(0, l.n, grain, [&](int64_t n0, int64_t n1) {
+      gemv8_rows(l.w, l.scale8, scratch, shift.data(), y, l.n, n0, n1);
+    });
+    return;
+  }
   quantize_rows(x, rows, l.k, scratch);
   // per block of each row: its scale in every lane, and each half's sum / 4 in that half's lanes
   const int64_t blocks = l.k / kBlock;
@@ -345,6 +413,7 @@ MOSS_TARGET void swiglu(const float* gate, const float* up, int64_t n, float* ou
 
 }  // namespace
 
+// x [..., K] times int4 or int8 weights (see linear4); group is the int4 group size (ignored for int8)
 torch::Tensor q4_matmul(torch::Tensor x, torch::Tensor w, torch::Tensor sb, int64_t group) {
   const Linear4 l = linear4(w, sb, group);
   TORCH_CHECK(x.size(-1) == l.k, "input size ", x.size(-1), " does not match the weights' ", l.k);
@@ -425,7 +494,7 @@ torch::Tensor q4_decode_step(torch::Tensor x, std::vector<torch::Tensor> layers,
 bool cpu_has_vnni() { return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw"); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("q4_matmul", &q4_matmul, "int4 weights x activations (int8 blocks, VNNI)");
-  m.def("q4_decode_step", &q4_decode_step, "one decode step of a Llama-family model with int4 linears");
+  m.def("q4_matmul", &q4_matmul, "int4 or int8 weights x activations (int8 blocks, VNNI)");
+  m.def("q4_decode_step", &q4_decode_step, "one decode step of a Llama-family model with int4/int8 linears");
   m.def("cpu_has_vnni", &cpu_has_vnni);
 }
