@@ -207,7 +207,7 @@ def bench_model(name: str, out: Path, peers: Path, new: int, bandwidth: float) -
         kernels = sorted({m._kernel for m in model.modules() if isinstance(m, QuantLinear)})
         row = {"activations": dtype, "kernel": ",".join(kernels) or "torch", "weight_mb": quant.weight_bytes(model) / 2**20,
                "bytes_per_token_mb": bytes_per_token(model) / 2**20, "ppl": perplexity(model, tok)}
-        if row["kernel"] in ("q4vnni", "q8vnni"):
+        if row["kernel"] in ("q4own", "q8own"):
             row["ppl_kernel"] = perplexity_through_the_kernel(model, tok)
         row.update(engine_figures(model, tok, prompts, new))
         row["bandwidth_share"] = row["bytes_per_token_mb"] * 2**20 * row["batch1_tok_s"] / (bandwidth * 1e9)
@@ -244,7 +244,7 @@ def report(name: str, res: dict, bandwidth: float) -> None:
     print("| run | weights MB | batch-1 tok/s | 16 streams tok/s | ppl | bandwidth share |\n|---|---|---|---|---|---|")
     for kind in ("fp32", "bf16", "int8", "int4"):
         r = runs[kind]
-        into = ", int8 into the linears" if r.get("kernel") in ("q4vnni", "q8vnni") else ""
+        into = ", int8 into the linears" if r.get("kernel") in ("q4own", "q8own") else ""
         print(f"| ours {kind} ({r['activations']} activations{into}) | {r['weight_mb']:.0f} | {r['batch1_tok_s']:.1f} | "
               f"{r['c16_tok_s']:.1f} | {r['ppl']:.3f} | {r['bandwidth_share']:.0%} |")
     for q in ("q8_0", "q4_0"):
@@ -278,12 +278,14 @@ def report(name: str, res: dict, bandwidth: float) -> None:
     for label, (value, target) in ratios.items():
         print(f"{label}: {value:.2f}x ({target})")
     res["ratios"] = {k: v for k, (v, _) in ratios.items()}
-    for q, ours in (("f16", "fp32"), ("q8_0", "int8")):
+    # the file against the model it was exported from, and Q8_0 also against our own int8 (whose weights
+    # are rounded per row, not per block of 32, and whose kernel rounds activations per block of 64)
+    for q, ours in (("f16", "fp32"), ("q8_0", "fp32"), ("q8_0", "int8")):
         theirs = runs[f"llama.cpp {q}"].get("greedy")
         if theirs:
             mine = runs[ours]["greedy"][:32]
             same = next((i for i, (a, b) in enumerate(zip(mine, theirs[:32])) if a != b), min(len(mine), 32))
-            res[f"greedy_{q}_same_tokens"] = same
+            res[f"greedy_{q}_vs_{ours}_same_tokens"] = same
             print(f"GGUF {q} in llama-cpp-python vs our {ours}: first {same} of 32 greedy tokens equal")
 
 
@@ -297,7 +299,10 @@ def main() -> int:
     out, peers = Path(args.out), Path(args.peers)
     out.mkdir(parents=True, exist_ok=True)
     bandwidth = copy_bandwidth_gbs()
-    results = {"copy_bandwidth_gbs": bandwidth, "isa": torch.backends.cpu.get_cpu_capability(), "models": {}}
+    from mosslm.quant import q4_kernel
+    results = {"copy_bandwidth_gbs": bandwidth, "isa": torch.backends.cpu.get_cpu_capability(),
+               "kernel_isa": q4_kernel.isa(), "kernel_unavailable": q4_kernel.reason(), "models": {}}
+    print(f"mosslm's kernels: {q4_kernel.isa() or 'not used: ' + str(q4_kernel.reason())}", file=sys.stderr)
     for name in args.models.split(","):
         results["models"][name] = bench_model(name, out, peers, args.new_tokens, bandwidth)
     for name, res in results["models"].items():

@@ -41,7 +41,7 @@ def test_the_matmul_equals_int8_activations_times_the_dequantized_weights(k, gro
     torch.manual_seed(k + group + rows)
     layer = QuantLinear.from_linear(torch.nn.Linear(k, 37, bias=True), 4, group)
     portable = {name: t.clone() for name, t in layer.state_dict().items()}
-    assert layer.prepare() == "q4vnni"
+    assert layer.prepare() == "q4own"
     x = torch.randn(rows, k) * torch.linspace(0.1, 3, k)  # blocks of different scales
     expected = emulated(portable, group, x) + layer.bias.double()
     got = layer(x).double()
@@ -53,7 +53,7 @@ def test_the_matmul_equals_int8_activations_times_the_dequantized_weights(k, gro
 def test_the_int8_matmul_equals_int8_activations_times_the_int8_weights(k, rows):
     torch.manual_seed(k + rows)
     layer = QuantLinear.from_linear(torch.nn.Linear(k, 37, bias=True), 8)
-    assert layer.prepare() == "q8vnni" and layer.qweight.numel() == 0  # the unsigned copy replaces the signed one
+    assert layer.prepare() == "q8own" and layer.qweight.numel() == 0  # the unsigned copy replaces the signed one
     x = torch.randn(rows, k) * torch.linspace(0.1, 3, k)
     weight = layer.dequantized_weight().double()
     expected = activations_int8(x) @ weight.t() + layer.bias.double()
@@ -121,8 +121,10 @@ def test_a_decode_step_in_cpp_gives_the_tokens_of_the_python_layers(bits, dtype,
     finally:
         engine.shutdown()
     assert ours == theirs and all(len(t) == 24 for t in ours)
-    # fp32 throughout in C++; the Python layers keep the model's dtype between operations
-    tolerance = 2e-3 if dtype == torch.float32 else 0.1
+    # fp32 throughout in C++; the Python layers keep the model's dtype between operations. Even in fp32 the
+    # two sum in different orders (rms norm, attention), and a last-bit difference can move an activation
+    # across an int8 rounding boundary: one step of 1/127 in one input, a few 1e-3 in a log-prob.
+    tolerance = 1e-2 if dtype == torch.float32 else 0.1
     for a, b in zip(our_lp, their_lp):
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=tolerance)
 

@@ -55,12 +55,12 @@ def test_own_decoder_gives_transformers_tokens_and_logprobs(arch, tiny_tokenizer
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)
 
 
-@pytest.mark.parametrize("bits,kernel", [(8, "int8pack"), (8, "q8vnni"), (4, "int4pack"), (4, "q4vnni")])
+@pytest.mark.parametrize("bits,kernel", [(8, "int8pack"), (8, "q8own"), (4, "int4pack"), (4, "q4own")])
 def test_quantized_projections_are_joined_into_one_call_without_a_second_copy(bits, kernel, tiny_tokenizer, tmp_path,
                                                                               monkeypatch):
     from mosslm.quant import q4_kernel
 
-    ours = kernel in ("q4vnni", "q8vnni")
+    ours = kernel in ("q4own", "q8own")
     if ours and q4_kernel.unavailable_reason():
         pytest.skip(f"mosslm's kernels cannot run here: {q4_kernel.unavailable_reason()}")
     monkeypatch.setenv("MOSSLM_Q4_KERNEL", "1" if ours else "0")
@@ -88,7 +88,7 @@ def check_joined_projections(bits, kernel, tiny_tokenizer, tmp_path):
     joined = runner.layers[0].qkv
     assert isinstance(joined, QuantLinear) and joined.out_features == sum(p.out_features for p in parts)
     assert torch.equal(joined(x), separate) and torch.equal(torch.cat([p(x) for p in parts], dim=-1), separate)
-    values = {"int4pack": "_packed", "q8vnni": "_q8u"}.get(kernel, "qweight")
+    values = {"int4pack": "_packed", "q8own": "_q8u"}.get(kernel, "qweight")
     whole = getattr(joined, values)
     start, end = whole.data_ptr(), whole.data_ptr() + whole.numel() * whole.element_size()
     for p in parts:  # the parts now read their rows of the joined weights

@@ -73,7 +73,7 @@ def _joinable(layers: list[torch.nn.Module]) -> bool:
     if not all(isinstance(m, QuantLinear) for m in layers):
         return False
     keys = {(m.in_features, m.bits, m.group_size, m._kernel, m.bias is None, m.scales.dtype) for m in layers}
-    return len(keys) == 1 and layers[0]._kernel in ("int8pack", "int4pack", "q4vnni", "q8vnni")
+    return len(keys) == 1 and layers[0]._kernel in ("int8pack", "int4pack", "q4own", "q8own")
 
 
 @torch.no_grad()
@@ -96,13 +96,13 @@ def join_linears(layers: list[torch.nn.Module]) -> torch.nn.Module | None:
     if first.bias is not None:
         joined.bias = torch.cat([m.bias for m in layers])
     joined._kernel = first._kernel
-    if first._kernel == "q8vnni":
+    if first._kernel == "q8own":
         joined.qweight = torch.empty(0, dtype=torch.int8)
         joined._q8u = torch.cat([m._q8u for m in layers])
         joined._q8_scale = torch.cat([m._q8_scale for m in layers])
     elif first.bits == 8:
         joined.qweight = torch.cat([m.qweight for m in layers])
-    elif first._kernel == "q4vnni":
+    elif first._kernel == "q4own":
         joined.zeros = torch.empty(0, dtype=first.zeros.dtype)
         joined.qweight = torch.cat([m.qweight for m in layers])
         joined._q4_sb = torch.cat([m._q4_sb for m in layers])
@@ -117,13 +117,13 @@ def join_linears(layers: list[torch.nn.Module]) -> torch.nn.Module | None:
         return None
     rows = 0
     for m, size in zip(layers, sizes):  # the parts read their rows of the joined weights where aligned
-        if first._kernel == "q8vnni":
+        if first._kernel == "q8own":
             m._q8u, m._q8_scale = joined._q8u[rows: rows + size], joined._q8_scale[rows: rows + size]
         elif first.bits == 8:
             view = joined.qweight[rows: rows + size]
             if view.data_ptr() % 64 == 0:  # the int8 kernel's vector loads need aligned rows (linear.py)
                 m.qweight, m.scales, m._cast_scales = view, joined.scales[rows: rows + size], None
-        elif first._kernel == "q4vnni":
+        elif first._kernel == "q4own":
             part = slice(rows, rows + size)
             m.qweight, m._q4_sb = joined.qweight[part], joined._q4_sb[part]
         else:
@@ -180,12 +180,12 @@ def _q4_step_tensors(layers: list[_Layer]) -> list[torch.Tensor] | None:
     out, groups = [], set()
     for layer in layers:
         linears = [layer.qkv, layer.o, layer.gate_up, layer.down]
-        if any(getattr(m, "_kernel", None) not in ("q4vnni", "q8vnni") or m.bias is not None for m in linears):
+        if any(getattr(m, "_kernel", None) not in ("q4own", "q8own") or m.bias is not None for m in linears):
             return None
         if layer.head_dim % 16 or any(n.weight is None for n in (layer.in_norm, layer.post_norm)):
             return None
-        groups |= {m.group_size for m in linears if m._kernel == "q4vnni"}
-        qkv, o, gate_up, down = ((m.qweight, m._q4_sb) if m._kernel == "q4vnni" else (m._q8u, m._q8_scale)
+        groups |= {m.group_size for m in linears if m._kernel == "q4own"}
+        qkv, o, gate_up, down = ((m.qweight, m._q4_sb) if m._kernel == "q4own" else (m._q8u, m._q8_scale)
                                  for m in linears)
         out += [layer.in_norm.weight.detach().float().contiguous(), *qkv, *o,
                 layer.post_norm.weight.detach().float().contiguous(), *gate_up, *down]
@@ -209,7 +209,7 @@ class DecoderRunner:
         if self.q4_step is not None:
             first = self.layers[0]
             groups = {m.group_size for layer in self.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)
-                      if m._kernel == "q4vnni"}
+                      if m._kernel == "q4own"}
             self._q4_args = (first.heads, first.kv_heads, first.head_dim, groups.pop() if groups else 0,
                              float(first.in_norm.variance_epsilon), float(first.scaling))
 

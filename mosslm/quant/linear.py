@@ -8,9 +8,10 @@ The formats are the ones torch's own CPU kernels read, so nothing is converted p
   `torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scale_and_zero[K/g, N, 2])`
   after `_convert_weight_to_int4pack_for_cpu` packs the values once, at load.
 On disk int4 values are two to a byte (low nibble first) in row order, a layout that does not depend on
-the CPU; the kernel's own packing is made when the folder loads. On CPUs with AVX-512 VNNI, int4 layers run
-mosslm's own kernel on that very layout instead (q4_kernel.py: int8 activations, faster for a few rows).
-Where a kernel is missing (another device, an old torch) the layer multiplies by its dequantized weight: slower, same numbers.
+the CPU; the kernel's own packing is made when the folder loads. On x86 CPUs with AVX2 or AVX-512 VNNI
+the layers run mosslm's own kernel on that very layout instead (q4_kernel.py: int8 activations, faster
+for a few rows). Where a kernel is missing (another device, an old torch) the layer multiplies by its
+dequantized weight: slower, same numbers.
 """
 
 from __future__ import annotations
@@ -139,9 +140,9 @@ class QuantLinear(torch.nn.Module):
         self._scale_zero: torch.Tensor | None = None    # [K/g, N, 2] in the activation dtype
         self._kernel: str | None = None
         self._cast_scales: torch.Tensor | None = None   # int8 scales in the activation dtype
-        self._q4_sb: torch.Tensor | None = None         # q4vnni: fp16 [N, K/g, 2] (scale, zero - 8 scale)
-        self._q8u: torch.Tensor | None = None           # q8vnni: uint8 [N, K], the int8 values plus 128
-        self._q8_scale: torch.Tensor | None = None      # q8vnni: fp32 [N]
+        self._q4_sb: torch.Tensor | None = None         # q4own: fp16 [N, K/g, 2] (scale, zero - 8 scale)
+        self._q8u: torch.Tensor | None = None           # q8own: uint8 [N, K], the int8 values plus 128
+        self._q8_scale: torch.Tensor | None = None      # q8own: fp32 [N]
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, bits: int, group_size: int | None = None) -> QuantLinear:
@@ -166,12 +167,12 @@ class QuantLinear(torch.nn.Module):
             return dequantize_int8(self._int8_values(slice(None)), self.scales)
         if self._packed is not None and self.qweight.numel() == 0:
             raise QuantError("the portable int4 weights were dropped by prepare(keep_portable=False)")
-        if self._kernel == "q4vnni":
+        if self._kernel == "q4own":
             return self._q4_weight(slice(None))
         return dequantize_int4(unpack_nibbles(self.qweight), self.scales, self.zeros, self.group_size)
 
     def _q4_weight(self, rows: slice) -> torch.Tensor:
-        """q4vnni: fp32 weights of some output rows from the kernel's fp16 (scale, offset) pairs."""
+        """q4own: fp32 weights of some output rows from the kernel's fp16 (scale, offset) pairs."""
         q = unpack_nibbles(self.qweight[rows]).float()
         n, k = q.shape
         sb = self._q4_sb[rows].float()
@@ -180,9 +181,9 @@ class QuantLinear(torch.nn.Module):
     def weight_bytes(self) -> int:
         """Bytes the forward reads for the weights (values and scales)."""
         tensors = [self._packed if self._packed is not None else self.qweight, self.scales]
-        if self._kernel == "q4vnni":
+        if self._kernel == "q4own":
             tensors = [self.qweight, self._q4_sb]
-        elif self._kernel == "q8vnni":
+        elif self._kernel == "q8own":
             tensors = [self._q8u, self._q8_scale, self.scales]  # `scales` stay for the many-row path
         elif self.bits == 4:
             tensors.append(self.zeros)
@@ -198,7 +199,7 @@ class QuantLinear(torch.nn.Module):
                 self._q8u = (self.qweight.to(torch.int16) + 128).to(torch.uint8).contiguous()
                 self._q8_scale = self.scales.float().contiguous()
                 self.qweight = torch.empty(0, dtype=torch.int8)
-                self._kernel = "q8vnni"
+                self._kernel = "q8own"
             elif self.bits == 8 and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
                 # Tensors read from a safetensors file can start at any byte; the kernel's vector loads crash
                 # on such a weight (seen with 16 rows, bf16), so it gets a copy from torch's aligned allocator.
@@ -209,7 +210,7 @@ class QuantLinear(torch.nn.Module):
                 self.qweight = self.qweight.contiguous()
                 scale = self.scales.float()
                 self._q4_sb = torch.stack([scale, self.zeros.float() - 8 * scale], dim=-1).half().contiguous()
-                self._kernel = "q4vnni"
+                self._kernel = "q4own"
                 # the fp16 pairs are the numbers the layer runs on from here; the fp32 copies go
                 self.scales = torch.empty(0, dtype=self.scales.dtype)
                 self.zeros = torch.empty(0, dtype=self.zeros.dtype)
@@ -237,15 +238,15 @@ class QuantLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if self._kernel == "q8vnni" and rows.shape[0] <= Q4_KERNEL_ROWS:
+        if self._kernel == "q8own" and rows.shape[0] <= Q4_KERNEL_ROWS:
             y = q4_kernel.load().q4_matmul(rows, self._q8u, self._q8_scale, 0)
-        elif self._kernel in ("int8pack", "q8vnni") and rows.shape[0] > INT8_MATMUL_ROWS:
+        elif self._kernel in ("int8pack", "q8own") and rows.shape[0] > INT8_MATMUL_ROWS:
             y = self._int8_blocks(rows)
         elif self._kernel == "int8pack":
             y = torch.ops.aten._weight_int8pack_mm(rows.contiguous(), self.qweight, self._scales_as(rows.dtype))
-        elif self._kernel == "q4vnni" and rows.shape[0] <= Q4_KERNEL_ROWS:
+        elif self._kernel == "q4own" and rows.shape[0] <= Q4_KERNEL_ROWS:
             y = q4_kernel.load().q4_matmul(rows, self.qweight, self._q4_sb, self.group_size)
-        elif self._kernel == "q4vnni":
+        elif self._kernel == "q4own":
             y = self._int4_blocks(rows)
         elif self._kernel == "int4pack":
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.contiguous(), self._packed, self.group_size,
@@ -273,7 +274,7 @@ class QuantLinear(torch.nn.Module):
 
     def _int8_values(self, rows: slice) -> torch.Tensor:
         """The int8 values of some output rows, from whichever copy the kernel keeps."""
-        if self._kernel == "q8vnni":
+        if self._kernel == "q8own":
             return (self._q8u[rows].to(torch.int16) - 128).to(torch.int8)
         return self.qweight[rows]
 

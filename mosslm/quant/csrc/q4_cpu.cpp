@@ -1,5 +1,7 @@
-// int4 weight-only kernels for x86 CPUs with AVX-512 VNNI, and a whole decode step of a Llama-family
-// model built from them (mosslm/quant/q4_kernel.py loads this file; tests/test_q4_kernel.py checks it).
+// int4 and int8 weight-only kernels for x86 CPUs, and a whole decode step of a Llama-family model built
+// from them (mosslm/quant/q4_kernel.py loads this file; tests/test_q4_kernel.py checks it). The file builds
+// two ways: for AVX-512 VNNI (Xeon since Cascade Lake, EPYC since Zen 4), and with -DMOSS_AVX2 for CPUs
+// with AVX2 and FMA only (most laptops, older EPYC), where u8 x s8 products are vpmaddubsw + vpmaddwd.
 //
 // Weights are mosslm's portable int4 layout (mosslm/quant/linear.py): a row of K inputs is K/2 bytes,
 // input 2j in the low nibble of byte j and 2j+1 in the high one, with w = q * s + b per group of g inputs
@@ -20,7 +22,22 @@ namespace {
 
 constexpr int64_t kBlock = 64;  // activation block: 32 weight bytes
 
+#ifdef MOSS_AVX2
+#define MOSS_TARGET __attribute__((target("avx2,fma,f16c")))
+#else
 #define MOSS_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#endif
+
+// 8 int32 lanes, each the sum of 4 neighbouring u8 x s8 products of a and b (int4 values 0..15 times
+// activations within +-127: vpmaddubsw's int16 pairs cannot saturate), plus acc
+MOSS_TARGET inline __m256i dot_u4s8(__m256i acc, __m256i a0, __m256i b0, __m256i a1, __m256i b1) {
+#ifdef MOSS_AVX2
+  const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(a0, b0), _mm256_maddubs_epi16(a1, b1));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+#else
+  return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(acc, a0, b0), a1, b1);
+#endif
+}
 
 struct Activations {  // x [M, K] as int8 blocks (int4: even inputs first, then odd), a scale and sums per block
   std::vector<int8_t> q;
@@ -86,6 +103,7 @@ MOSS_TARGET inline float hsum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
 }
 
+#ifndef MOSS_AVX2  // AVX2 goes a block at a time in 256 bits
 // Two blocks (128 inputs, 64 weight bytes) a 512-bit step, then one 64-input block in 256 bits if K is
 // an odd number of blocks. Scales for the 512-bit step, per 32-bit lane group of 4: groups of 32 take
 // g0..g0+3 (one per 128-bit quarter), 64 take g0 and g0+1 (one per half), larger ones g0 throughout.
@@ -109,6 +127,7 @@ MOSS_TARGET inline void group_values2(const uint16_t* sb, int64_t g0, __m512& sc
     offset = _mm512_permutexvar_ps(_mm512_set1_epi32(1), v);
   }
 }
+#endif
 
 // kRows output rows times kCols activation rows: each weight block is unpacked once for all kCols rows.
 template <int kGroup, int kRows, int kCols>
@@ -117,12 +136,15 @@ MOSS_TARGET void gemv_tile(const uint8_t* w, const uint16_t* sb, int64_t group, 
   const int64_t k = a.k, blocks = k / kBlock, groups = k / group;
   const int shift = __builtin_ctzll(static_cast<uint64_t>(group / kBlock));  // block -> group, g >= 64
   const __m256i low = _mm256_set1_epi8(0x0F);
-  const __m512i low2 = _mm512_set1_epi8(0x0F);
-  __m512 acc2[kCols][kRows];
   __m256 acc[kCols][kRows];
   for (int c = 0; c < kCols; ++c)
-    for (int r = 0; r < kRows; ++r) acc2[c][r] = _mm512_setzero_ps(), acc[c][r] = _mm256_setzero_ps();
+    for (int r = 0; r < kRows; ++r) acc[c][r] = _mm256_setzero_ps();
   int64_t blk = 0;
+#ifndef MOSS_AVX2
+  const __m512i low2 = _mm512_set1_epi8(0x0F);
+  __m512 acc2[kCols][kRows];
+  for (int c = 0; c < kCols; ++c)
+    for (int r = 0; r < kRows; ++r) acc2[c][r] = _mm512_setzero_ps();
   for (; blk + 2 <= blocks; blk += 2) {
     const int64_t g0 = kGroup == 32 ? 2 * blk : (kGroup == 64 ? blk : blk >> shift);
     __m512i lo[kRows], hi[kRows];
@@ -152,7 +174,8 @@ MOSS_TARGET void gemv_tile(const uint8_t* w, const uint16_t* sb, int64_t group, 
       }
     }
   }
-  for (; blk < blocks; ++blk) {  // the last block when K is an odd number of them
+#endif
+  for (; blk < blocks; ++blk) {  // AVX2: every block; VNNI: the last one when K is an odd number of them
     const int64_t g0 = kGroup == 32 ? 2 * blk : blk >> shift;
     for (int r = 0; r < kRows; ++r) {
       const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (n + r) * (k / 2) + blk * 32));
@@ -163,9 +186,8 @@ MOSS_TARGET void gemv_tile(const uint8_t* w, const uint16_t* sb, int64_t group, 
       for (int c = 0; c < kCols; ++c) {
         const int64_t m = m0 + c;
         const int8_t* x0 = a.q.data() + m * k + blk * kBlock;
-        __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo,
-                                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0)));
-        d = _mm256_dpbusd_epi32(d, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + 32)));
+        const __m256i d = dot_u4s8(_mm256_setzero_si256(), lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0)),
+                                   hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + 32)));
         const float* xs = xscale + (m * blocks + blk) * 8;
         const float* xm = xsum + (m * blocks + blk) * 8;
         acc[c][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(scale, _mm256_loadu_ps(xs)), acc[c][r]);
@@ -174,12 +196,18 @@ MOSS_TARGET void gemv_tile(const uint8_t* w, const uint16_t* sb, int64_t group, 
     }
   }
   for (int c = 0; c < kCols; ++c)
-    for (int r = 0; r < kRows; ++r) y[(m0 + c) * n_out + n + r] = _mm512_reduce_add_ps(acc2[c][r]) + hsum(acc[c][r]);
+    for (int r = 0; r < kRows; ++r) {
+#ifdef MOSS_AVX2
+      y[(m0 + c) * n_out + n + r] = hsum(acc[c][r]);
+#else
+      y[(m0 + c) * n_out + n + r] = _mm512_reduce_add_ps(acc2[c][r]) + hsum(acc[c][r]);
+#endif
+    }
 }
 
 // one activation row: four output rows a tile; several: two output rows by four activation rows
 template <int kGroup>
-void gemv_rows(const uint8_t* w, const uint16_t* sb, int64_t group, const Activations& a,
+MOSS_TARGET void gemv_rows(const uint8_t* w, const uint16_t* sb, int64_t group, const Activations& a,
                const float* xscale, const float* xsum, float* y, int64_t n_out, int64_t n0, int64_t n1) {
   int64_t m = 0;
   for (; m + 4 <= a.rows; m += 4) {
@@ -196,7 +224,47 @@ void gemv_rows(const uint8_t* w, const uint16_t* sb, int64_t group, const Activa
 
 // int8 weights (one scale per output row) stored plus 128 as uint8, so vpdpbusd takes them as its unsigned
 // operand and the int8 activations as the signed one: sum (w + 128) x = sum w x + 128 sum x, and the second
-// term is one number per activation row (`shift` below), taken off at the end.
+// term is one number per activation row (`shift` below), taken off at the end. AVX2's vpmaddubsw would
+// saturate on (w + 128) x, so there the bytes go back to w (xor 0x80) and the sign moves onto x:
+// |w| x sign(w) fits its int16 pairs, and the shift is 0.
+#ifdef MOSS_AVX2
+constexpr bool kShifted = false;
+template <int kRows, int kCols>
+MOSS_TARGET void gemv8_tile(const uint8_t* w, const float* scale, const Activations& a, const float*, float* y,
+                            int64_t n_out, int64_t n, int64_t m0) {
+  const int64_t k = a.k, blocks = k / kBlock;
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
+  __m256 acc[kCols][kRows];
+  for (int c = 0; c < kCols; ++c)
+    for (int r = 0; r < kRows; ++r) acc[c][r] = _mm256_setzero_ps();
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    __m256i ws[kRows][2], wa[kRows][2];
+    for (int r = 0; r < kRows; ++r)
+      for (int h = 0; h < 2; ++h) {
+        const auto* p = reinterpret_cast<const __m256i*>(w + (n + r) * k + blk * kBlock + 32 * h);
+        ws[r][h] = _mm256_xor_si256(_mm256_loadu_si256(p), flip);
+        wa[r][h] = _mm256_sign_epi8(ws[r][h], ws[r][h]);
+      }
+    for (int c = 0; c < kCols; ++c) {
+      const int64_t m = m0 + c;
+      const int8_t* x0 = a.q.data() + m * k + blk * kBlock;
+      const __m256i x_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0));
+      const __m256i x_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + 32));
+      const __m256 xs = _mm256_set1_ps(a.scale[m * blocks + blk]);
+      for (int r = 0; r < kRows; ++r) {
+        // an int16 pair is at most 2 x 127 x 127: two of them would overflow, so each widens on its own
+        const __m256i d = _mm256_add_epi32(
+            _mm256_madd_epi16(_mm256_maddubs_epi16(wa[r][0], _mm256_sign_epi8(x_lo, ws[r][0])), ones),
+            _mm256_madd_epi16(_mm256_maddubs_epi16(wa[r][1], _mm256_sign_epi8(x_hi, ws[r][1])), ones));
+        acc[c][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), xs, acc[c][r]);
+      }
+    }
+  }
+  for (int c = 0; c < kCols; ++c)
+    for (int r = 0; r < kRows; ++r) y[(m0 + c) * n_out + n + r] = scale[n + r] * hsum(acc[c][r]);
+}
+#else
+constexpr bool kShifted = true;
 template <int kRows, int kCols>
 MOSS_TARGET void gemv8_tile(const uint8_t* w, const float* scale, const Activations& a, const float* shift, float* y,
                             int64_t n_out, int64_t n, int64_t m0) {
@@ -220,8 +288,9 @@ MOSS_TARGET void gemv8_tile(const uint8_t* w, const float* scale, const Activati
     for (int r = 0; r < kRows; ++r)
       y[(m0 + c) * n_out + n + r] = scale[n + r] * (_mm512_reduce_add_ps(acc[c][r]) - shift[m0 + c]);
 }
+#endif
 
-void gemv8_rows(const uint8_t* w, const float* scale, const Activations& a, const float* shift, float* y,
+MOSS_TARGET void gemv8_rows(const uint8_t* w, const float* scale, const Activations& a, const float* shift, float* y,
                 int64_t n_out, int64_t n0, int64_t n1) {
   int64_t m = 0;
   for (; m + 4 <= a.rows; m += 4) {
@@ -266,7 +335,7 @@ MOSS_TARGET void matmul(const Linear4& l, const float* x, int64_t rows, float* y
   if (l.scale8 != nullptr) {
     quantize_rows(x, rows, l.k, scratch, /*interleave=*/false);
     std::vector<float> shift(rows, 0.f);  // 128 x the quantized row's sum
-    for (int64_t m = 0; m < rows; ++m)
+    for (int64_t m = 0; kShifted && m < rows; ++m)
       for (int64_t i = 0; i < 2 * (l.k / kBlock); ++i) shift[m] += 128.f * scratch.sum[m * 2 * (l.k / kBlock) + i];
     const int64_t grain = std::max<int64_t>(4, 65536 / std::max<int64_t>(1, rows * l.k));
     at::parallel_for(0, l.n, grain, [&](int64_t n0, int64_t n1) {
@@ -316,62 +385,96 @@ void rope(float* v, const float* cos, const float* sin, int64_t d) {  // rotate-
   std::copy(tmp, tmp + d, v);
 }
 
-template <typename T>
-MOSS_TARGET inline __m512 load16(const T* p);
-template <>
-MOSS_TARGET inline __m512 load16<float>(const float* p) { return _mm512_loadu_ps(p); }
-template <>
-MOSS_TARGET inline __m512 load16<at::BFloat16>(const at::BFloat16* p) {
+// The float vector the attention and swiglu loops run on: 16 lanes with AVX-512, 8 with AVX2.
+#ifdef MOSS_AVX2
+using vfloat = __m256;
+constexpr int64_t kLanes = 8;
+MOSS_TARGET inline vfloat vload(const float* p) { return _mm256_loadu_ps(p); }
+MOSS_TARGET inline vfloat vload(const at::BFloat16* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+MOSS_TARGET inline void vstore(float* p, vfloat v) { _mm256_storeu_ps(p, v); }
+MOSS_TARGET inline vfloat vset(float v) { return _mm256_set1_ps(v); }
+MOSS_TARGET inline vfloat vadd(vfloat a, vfloat b) { return _mm256_add_ps(a, b); }
+MOSS_TARGET inline vfloat vsub(vfloat a, vfloat b) { return _mm256_sub_ps(a, b); }
+MOSS_TARGET inline vfloat vmul(vfloat a, vfloat b) { return _mm256_mul_ps(a, b); }
+MOSS_TARGET inline vfloat vdiv(vfloat a, vfloat b) { return _mm256_div_ps(a, b); }
+MOSS_TARGET inline vfloat vmin(vfloat a, vfloat b) { return _mm256_min_ps(a, b); }
+MOSS_TARGET inline vfloat vmax(vfloat a, vfloat b) { return _mm256_max_ps(a, b); }
+MOSS_TARGET inline vfloat vfmadd(vfloat a, vfloat b, vfloat c) { return _mm256_fmadd_ps(a, b, c); }
+MOSS_TARGET inline vfloat vfnmadd(vfloat a, vfloat b, vfloat c) { return _mm256_fnmadd_ps(a, b, c); }
+MOSS_TARGET inline float vsum(vfloat v) { return hsum(v); }
+MOSS_TARGET inline vfloat vround(vfloat v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+// p * 2^n for whole n in [-127, 127]: n + 127 is the exponent field (0 gives 0, near enough for e^-88)
+MOSS_TARGET inline vfloat vscale2(vfloat p, vfloat n) {
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+#else
+using vfloat = __m512;
+constexpr int64_t kLanes = 16;
+MOSS_TARGET inline vfloat vload(const float* p) { return _mm512_loadu_ps(p); }
+MOSS_TARGET inline vfloat vload(const at::BFloat16* p) {
   const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
+MOSS_TARGET inline void vstore(float* p, vfloat v) { _mm512_storeu_ps(p, v); }
+MOSS_TARGET inline vfloat vset(float v) { return _mm512_set1_ps(v); }
+MOSS_TARGET inline vfloat vadd(vfloat a, vfloat b) { return _mm512_add_ps(a, b); }
+MOSS_TARGET inline vfloat vsub(vfloat a, vfloat b) { return _mm512_sub_ps(a, b); }
+MOSS_TARGET inline vfloat vmul(vfloat a, vfloat b) { return _mm512_mul_ps(a, b); }
+MOSS_TARGET inline vfloat vdiv(vfloat a, vfloat b) { return _mm512_div_ps(a, b); }
+MOSS_TARGET inline vfloat vmin(vfloat a, vfloat b) { return _mm512_min_ps(a, b); }
+MOSS_TARGET inline vfloat vmax(vfloat a, vfloat b) { return _mm512_max_ps(a, b); }
+MOSS_TARGET inline vfloat vfmadd(vfloat a, vfloat b, vfloat c) { return _mm512_fmadd_ps(a, b, c); }
+MOSS_TARGET inline vfloat vfnmadd(vfloat a, vfloat b, vfloat c) { return _mm512_fnmadd_ps(a, b, c); }
+MOSS_TARGET inline float vsum(vfloat v) { return _mm512_reduce_add_ps(v); }
+MOSS_TARGET inline vfloat vround(vfloat v) {
+  return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+MOSS_TARGET inline vfloat vscale2(vfloat p, vfloat n) { return _mm512_scalef_ps(p, n); }
+#endif
 
-// exp(x) for 16 lanes: 2^n * e^r with |r| <= ln2/2, e^r by its Taylor series to r^7 (relative error
+// exp(x) per lane: 2^n * e^r with |r| <= ln2/2, e^r by its Taylor series to r^7 (relative error
 // ~1e-7, what std::exp's float gives to rounding); the scalar std::exp was a fifth of a decode step.
-MOSS_TARGET inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.f)), _mm512_set1_ps(-88.f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-  __m512 p = _mm512_set1_ps(1.f / 5040);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
+MOSS_TARGET inline vfloat vexp(vfloat x) {
+  x = vmax(vmin(x, vset(88.f)), vset(-88.f));
+  const vfloat n = vround(vmul(x, vset(1.44269504088896341f)));
+  vfloat r = vfnmadd(n, vset(0.693145751953125f), x);
+  r = vfnmadd(n, vset(1.428606765330187045e-06f), r);
+  vfloat p = vset(1.f / 5040);
+  for (const float c : {1.f / 720, 1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = vfmadd(p, r, vset(c));
+  return vscale2(p, n);
 }
 
 // one query row's attention for one head over keys 0..len-1 of its slot: out = softmax(q k * scaling) v
 template <typename T>
 MOSS_TARGET void attend(const float* q, const T* keys, const T* values, int64_t len, int64_t d, float scaling,
                         float* out, std::vector<float>& scores) {
-  const int64_t padded = (len + 15) / 16 * 16;
+  const int64_t padded = (len + kLanes - 1) / kLanes * kLanes;
   scores.assign(padded, -INFINITY);
   float best = -INFINITY;
   for (int64_t t = 0; t < len; ++t) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t i = 0; i < d; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), load16(keys + t * d + i), acc);
-    scores[t] = _mm512_reduce_add_ps(acc) * scaling;
+    vfloat acc = vset(0.f);
+    for (int64_t i = 0; i < d; i += kLanes) acc = vfmadd(vload(q + i), vload(keys + t * d + i), acc);
+    scores[t] = vsum(acc) * scaling;
     best = std::max(best, scores[t]);
   }
-  __m512 total = _mm512_setzero_ps();
-  for (int64_t t = 0; t < padded; t += 16) {  // the padding's -inf gives exp 0
-    const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(scores.data() + t), _mm512_set1_ps(best)));
-    _mm512_storeu_ps(scores.data() + t, e);
-    total = _mm512_add_ps(total, e);
+  vfloat total = vset(0.f);
+  for (int64_t t = 0; t < padded; t += kLanes) {  // the padding's -inf gives exp 0
+    const vfloat e = vexp(vsub(vload(scores.data() + t), vset(best)));
+    vstore(scores.data() + t, e);
+    total = vadd(total, e);
   }
-  const float inv = 1.f / _mm512_reduce_add_ps(total);
-  __m512 acc[1024 / 16];  // on the stack, so aligned (a std::vector of vectors is not, here)
-  for (int64_t i = 0; i < d / 16; ++i) acc[i] = _mm512_setzero_ps();
+  const float inv = 1.f / vsum(total);
+  vfloat acc[1024 / kLanes];  // on the stack, so aligned (a std::vector of vectors is not, here)
+  for (int64_t i = 0; i < d / kLanes; ++i) acc[i] = vset(0.f);
   for (int64_t t = 0; t < len; ++t) {
-    const __m512 p = _mm512_set1_ps(scores[t] * inv);
-    for (int64_t i = 0; i < d / 16; ++i) acc[i] = _mm512_fmadd_ps(p, load16(values + t * d + i * 16), acc[i]);
+    const vfloat p = vset(scores[t] * inv);
+    for (int64_t i = 0; i < d / kLanes; ++i) acc[i] = vfmadd(p, vload(values + t * d + i * kLanes), acc[i]);
   }
-  for (int64_t i = 0; i < d / 16; ++i) _mm512_storeu_ps(out + i * 16, acc[i]);
+  for (int64_t i = 0; i < d / kLanes; ++i) vstore(out + i * kLanes, acc[i]);
 }
 
 template <typename T>
@@ -402,11 +505,10 @@ void attention(const torch::Tensor& kc, const torch::Tensor& vc, const float* q,
 // out[i] = silu(gate[i]) * up[i]
 MOSS_TARGET void swiglu(const float* gate, const float* up, int64_t n, float* out) {
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 g = _mm512_loadu_ps(gate + i);
-    const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
-    _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), e)),
-                                            _mm512_loadu_ps(up + i)));
+  for (; i + kLanes <= n; i += kLanes) {
+    const vfloat g = vload(gate + i);
+    const vfloat e = vexp(vsub(vset(0.f), g));
+    vstore(out + i, vmul(vdiv(g, vadd(vset(1.f), e)), vload(up + i)));
   }
   for (; i < n; ++i) out[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
 }
@@ -491,10 +593,27 @@ torch::Tensor q4_decode_step(torch::Tensor x, std::vector<torch::Tensor> layers,
   return x;
 }
 
-bool cpu_has_vnni() { return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw"); }
+// whether this CPU runs the instructions this build was made for
+bool cpu_supported() {
+#ifdef MOSS_AVX2
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+  return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl");
+#endif
+}
+
+std::string isa() {
+#ifdef MOSS_AVX2
+  return "avx2";
+#else
+  return "avx512_vnni";
+#endif
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("q4_matmul", &q4_matmul, "int4 or int8 weights x activations (int8 blocks, VNNI)");
+  m.def("q4_matmul", &q4_matmul, "int4 or int8 weights x activations (int8 blocks)");
   m.def("q4_decode_step", &q4_decode_step, "one decode step of a Llama-family model with int4/int8 linears");
-  m.def("cpu_has_vnni", &cpu_has_vnni);
+  m.def("cpu_supported", &cpu_supported);
+  m.def("isa", &isa);
 }
