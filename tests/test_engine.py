@@ -138,6 +138,25 @@ def test_requests_that_can_never_fit_get_a_clear_error(llama, tiny_tokenizer):
         Engine(llama, tiny_tokenizer, EngineConfig(kv_budget_mb=0.001, max_seq_len=512))
 
 
+def test_the_kv_cache_dtype_is_checked_and_a_narrow_one_keeps_the_tokens(llama, tiny_tokenizer):
+    with pytest.raises(ValueError, match="kv_dtype must be"):
+        Engine(llama, tiny_tokenizer, EngineConfig(kv_dtype="int8"))
+    with pytest.raises(ValueError, match="needs mosslm's own decoder"):  # transformers' layers: no mixed dtypes
+        Engine(llama, tiny_tokenizer, EngineConfig(kv_dtype="fp16", own_decoder=False, kv_budget_mb=8))
+    tokens = {}
+    for kv in ("auto", "fp16"):
+        engine = Engine(llama, tiny_tokenizer, EngineConfig(max_running=4, kv_budget_mb=8, max_seq_len=128,
+                                                            kv_dtype=kv))
+        try:
+            # no int4/int8 decode step here: auto keeps the model's fp32
+            assert engine.kv.k[0].dtype == (torch.float32 if kv == "auto" else torch.float16)
+            handles = [engine.submit(p, SamplingParams(max_new_tokens=16, **GREEDY)) for p in prompts(tiny_tokenizer)]
+            tokens[kv] = [h.wait(60).token_ids for h in handles]
+        finally:
+            engine.shutdown()
+    assert tokens["fp16"] == tokens["auto"]
+
+
 def test_async_streaming_and_concurrent_threads(llama, tiny_tokenizer):
     engine = Engine(llama, tiny_tokenizer, EngineConfig(max_running=4, kv_budget_mb=16, max_seq_len=256))
     try:

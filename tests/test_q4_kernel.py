@@ -103,14 +103,18 @@ def run_prompts(engine, tokenizer, prompts, n=24):
     return [r.token_ids for r in results], [[lp.logprob for lp in r.logprobs] for r in results]
 
 
-@pytest.mark.parametrize("bits,dtype", [(4, torch.float32), (4, torch.bfloat16), (8, torch.float32)])
-def test_a_decode_step_in_cpp_gives_the_tokens_of_the_python_layers(bits, dtype, tiny_tokenizer, tmp_path):
+@pytest.mark.parametrize("bits,dtype,kv", [(4, torch.float32, "auto"), (4, torch.float32, "model"),
+                                           (4, torch.bfloat16, "auto"), (8, torch.float32, "auto")])
+def test_a_decode_step_in_cpp_gives_the_tokens_of_the_python_layers(bits, dtype, kv, tiny_tokenizer, tmp_path):
     model = quantized_model(tiny_tokenizer, tmp_path, bits).to(dtype)
     prompts = ["你好！What is 12 times 7?", "Tell me about the Yangtze.", "1+1="]  # three lengths, batched
-    config = EngineConfig(max_running=4, kv_budget_mb=8, max_seq_len=128)
+    config = EngineConfig(max_running=4, kv_budget_mb=8, max_seq_len=128, kv_dtype=kv)
     engine = Engine(model, tiny_tokenizer, config)
     try:
         assert engine.runner.q4_step is not None, engine.runner_note
+        # auto: an fp16 cache under fp32 activations (half the reads), else the model's dtype
+        expected = torch.float16 if kv == "auto" and dtype == torch.float32 else dtype
+        assert engine.kv.k[0].dtype == expected
         ours, our_lp = run_prompts(engine, tiny_tokenizer, prompts)
     finally:
         engine.shutdown()
@@ -140,3 +144,20 @@ def test_the_environment_switch_gives_torchs_kernel_back(monkeypatch, tiny_token
         monkeypatch.delenv("MOSSLM_Q4_KERNEL")
         q4_kernel.reset()
     assert q4_kernel.load() is not None and q4_kernel.reason() is None
+
+
+def test_an_fp16_cache_gives_the_tokens_of_an_fp32_cache(tiny_tokenizer, tmp_path):
+    model = quantized_model(tiny_tokenizer, tmp_path, 8)
+    prompts = ["你好！What is 12 times 7?", "Tell me about the Yangtze."]
+    results = {}
+    for kv in ("fp16", "fp32"):
+        engine = Engine(model, tiny_tokenizer, EngineConfig(max_running=4, kv_budget_mb=8, max_seq_len=128,
+                                                            kv_dtype=kv))
+        try:
+            assert engine.kv.k[0].dtype == {"fp16": torch.float16, "fp32": torch.float32}[kv]
+            results[kv] = run_prompts(engine, tiny_tokenizer, prompts)
+        finally:
+            engine.shutdown()
+    assert results["fp16"][0] == results["fp32"][0]
+    for a, b in zip(results["fp16"][1], results["fp32"][1]):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-2)

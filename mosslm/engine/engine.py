@@ -73,6 +73,30 @@ class EngineConfig:
     cpu_fast_paths: bool = True    # on CPU: release the loading thread's OpenMP team, oneDNN-packed weights (cpu.py)
     packed_linears: str = "auto"   # auto: packed where it measures faster on this CPU (cpu.py) | always | never
     own_decoder: bool = True       # run Llama-family layers with runner.py (fewer calls a step) where it applies
+    kv_dtype: str = "auto"         # the KV cache's dtype: auto | model | fp32 | bf16 | fp16 (kv_cache_dtype below)
+
+
+KV_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def kv_cache_dtype(setting: str, model_dtype: torch.dtype, decoder_runner) -> torch.dtype:
+    """The KV cache's dtype. `auto` takes fp16 where the int4/int8 decode step (csrc/q4_cpu.cpp) runs on an
+    fp32 model: at 16 streams attention reads more cache than weights, and fp16 halves it (llama.cpp's
+    default cache is f16 too); the step widens each key and value to fp32 as it reads it. Elsewhere, and with
+    `model`, the cache keeps the model's dtype. Another dtype than the model's needs mosslm's own decoder,
+    which widens the cache for attention; transformers' layers would get mixed dtypes."""
+    if setting == "model":
+        return model_dtype
+    if setting == "auto":
+        fast_step = decoder_runner is not None and decoder_runner.q4_step is not None
+        return torch.float16 if fast_step and model_dtype == torch.float32 else model_dtype
+    if setting not in KV_DTYPES:
+        raise ValueError(f"kv_dtype must be auto, model, {', '.join(KV_DTYPES)}; got {setting!r}")
+    chosen = KV_DTYPES[setting]
+    if chosen != model_dtype and decoder_runner is None:
+        raise ValueError(f"kv_dtype {setting} differs from the model's {model_dtype} and needs mosslm's own decoder "
+                         f"(own_decoder), which this model cannot use")
+    return chosen
 
 
 @dataclass
@@ -166,7 +190,11 @@ class Engine:
         self.packing = (cpu.pack_linears(model, cfg.max_running, measure=cfg.packed_linears == "auto")
                         if cpu_paths and cfg.packed_linears != "never" else None)
         self.packed = bool(self.packing)
-        per_token = SlotKV.bytes_per_token(mc) * param.element_size()
+        why_not = runner.unsupported_reason(model, self.max_seq_len) if cfg.own_decoder else "turned off"
+        self.runner = runner.DecoderRunner(model) if why_not is None else None
+        self.runner_note = "own decoder" if why_not is None else f"transformers' decoder ({why_not})"
+        self.kv_dtype = kv_cache_dtype(cfg.kv_dtype, self.dtype, self.runner)
+        per_token = SlotKV.bytes_per_token(mc) * self.kv_dtype.itemsize
         n_slots = int(cfg.kv_budget_mb * 2**20 // (per_token * self.max_seq_len))
         # Slots beyond max_running only keep prefixes for reuse; a few dozen are plenty.
         n_slots = min(n_slots, 2 * cfg.max_running + 16)
@@ -178,15 +206,12 @@ class Engine:
         heads = mc.num_attention_heads
         self.kv = SlotKV(mc.num_hidden_layers, n_slots, getattr(mc, "num_key_value_heads", None) or heads,
                          getattr(mc, "head_dim", None) or mc.hidden_size // heads, self.max_seq_len,
-                         self.dtype, self.device)
+                         self.kv_dtype, self.device)
         self.slots = SlotTable(n_slots)
         self.stop_token_ids = set(stop_token_ids)
         self.decoder = model.get_decoder()
         self._cache_kw = _cache_keyword(self.decoder)
         self.head = model.get_output_embeddings()
-        why_not = runner.unsupported_reason(model, self.max_seq_len) if cfg.own_decoder else "turned off"
-        self.runner = runner.DecoderRunner(model) if why_not is None else None
-        self.runner_note = "own decoder" if why_not is None else f"transformers' decoder ({why_not})"
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)

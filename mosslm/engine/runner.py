@@ -157,6 +157,8 @@ class _Layer:
         k = _rotate(k.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
         v = v.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         k, v = kv.update(k, v, index)
+        if k.dtype != q.dtype:  # a narrower cache (engine.kv_cache_dtype): attention in the activations' dtype
+            k, v = k.to(q.dtype), v.to(q.dtype)
         groups = self.heads // self.kv_heads
         if groups > 1 and n == 1:  # one query: its heads become rows of their key/value head (no repeat)
             q = q.reshape(b, self.kv_heads, groups, self.head_dim)
@@ -227,7 +229,7 @@ class DecoderRunner:
 
     def _q4_applies(self, ids: torch.Tensor, kv) -> bool:
         return (self.q4_step is not None and ids.shape[1] == 1 and ids.device.type == "cpu"
-                and isinstance(kv, SlotKV) and kv.k[0].dtype in (torch.bfloat16, torch.float32)
+                and isinstance(kv, SlotKV) and kv.k[0].dtype in (torch.bfloat16, torch.float16, torch.float32)
                 and len(kv.rows) == ids.shape[0])
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, kv) -> torch.Tensor:
