@@ -34,9 +34,10 @@ def activations_int8(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("k,group", [(576, 32), (576, 64), (1024, 128), (1024, 256), (64, 32)])
-@pytest.mark.parametrize("rows", [1, 3, 6])
+@pytest.mark.parametrize("rows", [1, 3, 6, 13])
 def test_the_matmul_equals_int8_activations_times_the_dequantized_weights(k, group, rows):
     # 37 outputs: tiles of four and two output rows leave a remainder; 6 rows: a tile of four and two single rows;
+    # 13 rows: AVX2's tiles of eight and four activation rows and a single one;
     # 576 inputs are nine blocks of 64, so the 512-bit loop leaves one for the 256-bit one
     torch.manual_seed(k + group + rows)
     layer = QuantLinear.from_linear(torch.nn.Linear(k, 37, bias=True), 4, group)
@@ -49,7 +50,7 @@ def test_the_matmul_equals_int8_activations_times_the_dequantized_weights(k, gro
 
 
 @pytest.mark.parametrize("k", [64, 576, 1536])
-@pytest.mark.parametrize("rows", [1, 6])
+@pytest.mark.parametrize("rows", [1, 6, 13])
 def test_the_int8_matmul_equals_int8_activations_times_the_int8_weights(k, rows):
     torch.manual_seed(k + rows)
     layer = QuantLinear.from_linear(torch.nn.Linear(k, 37, bias=True), 8)
@@ -88,9 +89,9 @@ def test_wrong_shapes_are_refused_with_a_message():
         kernel.q4_matmul(torch.randn(1, 128), layer.qweight, layer._q4_sb.bfloat16(), 32)
 
 
-def quantized_model(tokenizer, tmp_path, bits):
+def quantized_model(tokenizer, tmp_path, bits, **shape):
     source = tmp_path / "fp"
-    model = modellib.build_model("micro", tokenizer, seed=8, hidden_size=128, intermediate_size=256)
+    model = modellib.build_model("micro", tokenizer, seed=8, hidden_size=128, intermediate_size=256, **shape)
     modellib.save_checkpoint(model, tokenizer, source)
     quantize(str(source), str(tmp_path / "q"), bits, group_size=32 if bits == 4 else None)
     return modellib.load(tmp_path / "q").model
@@ -118,10 +119,14 @@ def test_a_decode_step_in_cpp_gives_the_tokens_of_the_python_layers(bits, dtype,
         ours, our_lp = run_prompts(engine, tiny_tokenizer, prompts)
     finally:
         engine.shutdown()
-    engine = Engine(model, tiny_tokenizer, config)
+    assert_python_layers_agree(model, tiny_tokenizer, config, prompts, ours, our_lp, dtype)
+
+
+def assert_python_layers_agree(model, tokenizer, config, prompts, ours, our_lp, dtype=torch.float32):
+    engine = Engine(model, tokenizer, config)
     try:
         engine.runner.q4_step = None  # every step through the runner's Python layers, on the same kernels
-        theirs, their_lp = run_prompts(engine, tiny_tokenizer, prompts)
+        theirs, their_lp = run_prompts(engine, tokenizer, prompts)
     finally:
         engine.shutdown()
     assert ours == theirs and all(len(t) == 24 for t in ours)
@@ -131,6 +136,22 @@ def test_a_decode_step_in_cpp_gives_the_tokens_of_the_python_layers(bits, dtype,
     tolerance = 1e-2 if dtype == torch.float32 else 0.1
     for a, b in zip(our_lp, their_lp):
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=tolerance)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2), (8, 1)])
+def test_query_heads_sharing_a_key_value_head_attend_as_in_the_python_layers(heads, kv_heads, tiny_tokenizer,
+                                                                              tmp_path):
+    # AVX2 takes a key/value head's query heads three at a time: 1 apiece, 3 + 1, and 3 + 3 + 2
+    model = quantized_model(tiny_tokenizer, tmp_path, 4, num_attention_heads=heads, num_key_value_heads=kv_heads)
+    prompts = ["你好！What is 12 times 7?", "Tell me about the Yangtze.", "1+1=", "Good morning"]
+    config = EngineConfig(max_running=4, kv_budget_mb=8, max_seq_len=128)
+    engine = Engine(model, tiny_tokenizer, config)
+    try:
+        assert engine.runner.q4_step is not None, engine.runner_note
+        ours, our_lp = run_prompts(engine, tiny_tokenizer, prompts)
+    finally:
+        engine.shutdown()
+    assert_python_layers_agree(model, tiny_tokenizer, config, prompts, ours, our_lp)
 
 
 def test_the_environment_switch_gives_torchs_kernel_back(monkeypatch, tiny_tokenizer, tmp_path):

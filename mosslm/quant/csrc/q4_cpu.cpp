@@ -57,6 +57,47 @@ struct Activations {  // x [M, K] as int8 blocks (int4: even inputs first, then 
   int64_t rows = 0, k = 0;
 };
 
+// One block of 64 inputs: scale amax / 127, values round(x * 127 / amax) as std::nearbyint rounds (to even),
+// even inputs first where `interleave`. In 256-bit vectors: the scalar loop was a tenth of a 16-row step.
+MOSS_TARGET void quantize_block(const float* in, bool interleave, int8_t* out, float& scale, float* sums) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 v[8], amax = _mm256_setzero_ps();
+  for (int i = 0; i < 8; ++i) {
+    v[i] = _mm256_loadu_ps(in + 8 * i);
+    amax = _mm256_max_ps(amax, _mm256_and_ps(v[i], abs_mask));
+  }
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  const float top = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+  const __m256 inv = _mm256_set1_ps(top > 0.f ? 127.f / top : 0.f);
+  __m256i q[8];
+  for (int i = 0; i < 8; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));  // MXCSR: nearest, even
+  for (int h = 0; h < 2; ++h) {  // inputs 0-31 and 32-63: a group of 32 has its own offset
+    const __m256i t = _mm256_add_epi32(_mm256_add_epi32(q[4 * h], q[4 * h + 1]), _mm256_add_epi32(q[4 * h + 2], q[4 * h + 3]));
+    const __m128i u = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+    const __m128i w = _mm_add_epi32(u, _mm_shuffle_epi32(u, 0x4E));
+    sums[h] = (top / 127.f) * static_cast<float>(_mm_cvtsi128_si32(_mm_add_epi32(w, _mm_shuffle_epi32(w, 0xB1))));
+  }
+  // int32 -> int8 in input order: packs interleave 128-bit lanes, the qword permute puts them back
+  const __m256i order = _mm256_set_epi32(7, 3, 6, 2, 5, 1, 4, 0);
+  __m256i bytes[2];
+  for (int h = 0; h < 2; ++h) {
+    const __m256i w01 = _mm256_packs_epi32(q[4 * h], q[4 * h + 1]), w23 = _mm256_packs_epi32(q[4 * h + 2], q[4 * h + 3]);
+    bytes[h] = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), order);
+  }
+  if (interleave) {  // per 16 bytes evens then odds, then the halves of the four lanes regrouped
+    const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                           0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    const __m256i a = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(bytes[0], split), 0xD8);  // e0-15 o0-15
+    const __m256i b = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(bytes[1], split), 0xD8);  // e16-31 o16-31
+    bytes[0] = _mm256_permute2x128_si256(a, b, 0x20);
+    bytes[1] = _mm256_permute2x128_si256(a, b, 0x31);
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), bytes[0]);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 32), bytes[1]);
+  scale = top / 127.f;
+}
+
 void quantize_rows(const float* x, int64_t rows, int64_t k, Activations& a, bool interleave = true) {
   const int64_t blocks = k / kBlock;
   a.rows = rows;
@@ -64,27 +105,8 @@ void quantize_rows(const float* x, int64_t rows, int64_t k, Activations& a, bool
   a.q.resize(rows * k);
   a.scale.resize(rows * blocks);
   a.sum.resize(rows * blocks * 2);
-  for (int64_t i = 0; i < rows * blocks; ++i) {
-    const float* in = x + i * kBlock;
-    float amax = 0.f;
-    for (int64_t j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(in[j]));
-    const float inv = amax > 0.f ? 127.f / amax : 0.f;
-    int8_t* out = a.q.data() + i * kBlock;
-    int half_sums[2] = {0, 0};  // inputs 0-31 and 32-63: a group of 32 has its own offset
-    for (int64_t j = 0; j < kBlock / 2; ++j) {
-      const int8_t even = static_cast<int8_t>(std::nearbyint(in[2 * j] * inv));
-      const int8_t odd = static_cast<int8_t>(std::nearbyint(in[2 * j + 1] * inv));
-      if (interleave) {
-        out[j] = even, out[kBlock / 2 + j] = odd;
-      } else {
-        out[2 * j] = even, out[2 * j + 1] = odd;
-      }
-      half_sums[j >= kBlock / 4] += even + odd;
-    }
-    a.scale[i] = amax / 127.f;
-    a.sum[2 * i] = a.scale[i] * static_cast<float>(half_sums[0]);
-    a.sum[2 * i + 1] = a.scale[i] * static_cast<float>(half_sums[1]);
-  }
+  for (int64_t i = 0; i < rows * blocks; ++i)
+    quantize_block(x + i * kBlock, interleave, a.q.data() + i * kBlock, a.scale[i], a.sum.data() + 2 * i);
 }
 
 // Byte j of a 32-byte block holds inputs 2j and 2j+1, so bytes 0-15 are the block's inputs 0-31 and
@@ -219,11 +241,70 @@ MOSS_TARGET void gemv_tile(const uint8_t* w, const uint16_t* sb, int64_t group, 
     }
 }
 
-// one activation row: four output rows a tile; several: two output rows by four activation rows
+#ifdef MOSS_AVX2
+// AVX2 with several activation rows: one weight row against kCols of them. AVX2 has 16 vector registers,
+// and the tile above with its offsets in the loop spills a third of them (2 x 4: 90 GOP/s on 2 Zen 3
+// cores); here a block costs its unpacking once, then per activation row two vpmaddubsw, the widening and
+// one fma on the block's scale. The offsets' part, sum over groups of b * (the group's sum of x), runs
+// after the loop on the fp16 (s, b) pairs as they lie, against `xoff`: per activation row (0, sum) pairs.
+template <bool kHalfGroups, int kCols>
+MOSS_TARGET void gemv_cols(const uint8_t* w, const uint16_t* sb, int64_t group, const Activations& a,
+                           const float* xoff, float* y, int64_t n_out, int64_t n, int64_t m0) {
+  const int64_t k = a.k, blocks = k / kBlock, pairs = 2 * (k / group);
+  const int shift = __builtin_ctzll(static_cast<uint64_t>(group / kBlock));  // block -> group, g >= 64
+  const uint8_t* row = w + n * (k / 2);
+  const uint16_t* srow = sb + n * pairs;
+  const int8_t* xq = a.q.data() + m0 * k;
+  const float* xs = a.scale.data() + m0 * blocks;
+  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  __m256 acc[kCols];
+  for (int c = 0; c < kCols; ++c) acc[c] = _mm256_setzero_ps();
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const uint8_t* p = row + blk * 32;
+    if ((blk & 1) == 0) prefetch_ahead(p);
+    const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m256i lo = _mm256_and_si256(bytes, low);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low);
+    __m256 scale, unused;
+    group_values<kHalfGroups>(srow, kHalfGroups ? 2 * blk : blk >> shift, scale, unused);
+    for (int c = 0; c < kCols; ++c) {
+      const int8_t* x0 = xq + c * k + blk * kBlock;
+      const __m256i two = _mm256_add_epi16(
+          _mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0))),
+          _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + 32))));
+      acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(two, ones)),
+                               _mm256_mul_ps(scale, _mm256_set1_ps(xs[c * blocks + blk])), acc[c]);
+    }
+  }
+  int64_t i = 0;
+  for (; i + 8 <= pairs; i += 8) {
+    const __m256 sbv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(srow + i)));
+    for (int c = 0; c < kCols; ++c) acc[c] = _mm256_fmadd_ps(sbv, _mm256_loadu_ps(xoff + (m0 + c) * pairs + i), acc[c]);
+  }
+  float tail[kCols] = {};
+  for (; i < pairs; i += 2) {
+    const float b = _cvtsh_ss(srow[i + 1]);
+    for (int c = 0; c < kCols; ++c) tail[c] += b * xoff[(m0 + c) * pairs + i + 1];
+  }
+  for (int c = 0; c < kCols; ++c) y[(m0 + c) * n_out + n] = hsum(acc[c]) + tail[c];
+}
+#endif
+
+// one activation row: four output rows a tile; several: two output rows by four activation rows (AVX2:
+// one output row by eight, then four)
 template <int kGroup>
 MOSS_TARGET void gemv_rows(const uint8_t* w, const uint16_t* sb, int64_t group, const Activations& a,
-               const float* xscale, const float* xsum, float* y, int64_t n_out, int64_t n0, int64_t n1) {
+               const float* xscale, const float* xsum, const float* xoff, float* y, int64_t n_out, int64_t n0,
+               int64_t n1) {
   int64_t m = 0;
+#ifdef MOSS_AVX2
+  for (; m + 8 <= a.rows; m += 8)
+    for (int64_t n = n0; n < n1; ++n) gemv_cols<kGroup == 32, 8>(w, sb, group, a, xoff, y, n_out, n, m);
+  for (; m + 4 <= a.rows; m += 4)
+    for (int64_t n = n0; n < n1; ++n) gemv_cols<kGroup == 32, 4>(w, sb, group, a, xoff, y, n_out, n, m);
+#else
+  (void)xoff;
+#endif
   for (; m + 4 <= a.rows; m += 4) {
     int64_t n = n0;
     for (; n + 2 <= n1; n += 2) gemv_tile<kGroup, 2, 4>(w, sb, group, a, xscale, xsum, y, n_out, n, m);
@@ -371,15 +452,27 @@ MOSS_TARGET void matmul(const Linear4& l, const float* x, int64_t rows, float* y
       xsum[i * 8 + lane] = l.group > 32 ? whole : scratch.sum[2 * i + (lane >= 4)] / 4;
     }
   }
+  // per activation row, (0, the group's sum of x) for each group's (s, b) pair: gemv_cols' offsets
+  std::vector<float> xoff;
+#ifdef MOSS_AVX2
+  if (rows >= 4) {
+    const int64_t groups = l.k / l.group, halves_per_group = l.group / 32;
+    xoff.assign(rows * groups * 2, 0.f);
+    for (int64_t m = 0; m < rows; ++m)
+      for (int64_t g = 0; g < groups; ++g)
+        for (int64_t j = 0; j < halves_per_group; ++j)  // scratch.sum holds each 32 inputs' sum
+          xoff[(m * groups + g) * 2 + 1] += scratch.sum[m * blocks * 2 + g * halves_per_group + j];
+  }
+#endif
   // output rows per task: at least 16 KB of weights x rows, worth waking a thread for
   const int64_t grain = std::max<int64_t>(4, 32768 / std::max<int64_t>(1, rows * l.k));
   at::parallel_for(0, l.n, grain, [&](int64_t n0, int64_t n1) {
     if (l.group == 32)
-      gemv_rows<32>(l.w, l.sb, l.group, scratch, xscale.data(), xsum.data(), y, l.n, n0, n1);
+      gemv_rows<32>(l.w, l.sb, l.group, scratch, xscale.data(), xsum.data(), xoff.data(), y, l.n, n0, n1);
     else if (l.group == 64)
-      gemv_rows<64>(l.w, l.sb, l.group, scratch, xscale.data(), xsum.data(), y, l.n, n0, n1);
+      gemv_rows<64>(l.w, l.sb, l.group, scratch, xscale.data(), xsum.data(), xoff.data(), y, l.n, n0, n1);
     else
-      gemv_rows<0>(l.w, l.sb, l.group, scratch, xscale.data(), xsum.data(), y, l.n, n0, n1);
+      gemv_rows<0>(l.w, l.sb, l.group, scratch, xscale.data(), xsum.data(), xoff.data(), y, l.n, n0, n1);
   });
 }
 
@@ -499,6 +592,70 @@ MOSS_TARGET void attend(const float* q, const T* keys, const T* values, int64_t 
   for (int64_t i = 0; i < d / kLanes; ++i) vstore(out + i * kLanes, acc[i]);
 }
 
+#ifdef MOSS_AVX2
+// AVX2: the query heads that share a key/value head (GQA) go through its cache together, up to three at a
+// time and four keys at a time, so each cached row is loaded and widened once for all of them and a score
+// costs a quarter of a horizontal sum. (The one-head loop above spends half its time on the sums, and with
+// 16 rows at 400 positions attention was 40% of SmolLM2's int4 decode step.)
+template <typename T, int kG>
+MOSS_TARGET void attend_shared(const float* q, const T* keys, const T* values, int64_t len, int64_t d,
+                               float scaling, float* out, std::vector<float>& buffer) {
+  const int64_t padded = (len + kLanes - 1) / kLanes * kLanes;
+  buffer.assign(kG * padded, -INFINITY);
+  float* scores = buffer.data();
+  int64_t t = 0;
+  for (; t + 4 <= len; t += 4) {
+    __m256 acc[kG][4];
+    for (int g = 0; g < kG; ++g)
+      for (int j = 0; j < 4; ++j) acc[g][j] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < d; i += kLanes)
+      for (int j = 0; j < 4; ++j) {
+        const __m256 key = vload(keys + (t + j) * d + i);
+        for (int g = 0; g < kG; ++g) acc[g][j] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * d + i), key, acc[g][j]);
+      }
+    for (int g = 0; g < kG; ++g) {  // [k0 k1 k2 k3 | the same, upper halves]: four scores at once
+      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[g][0], acc[g][1]), _mm256_hadd_ps(acc[g][2], acc[g][3]));
+      const __m128 four = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+      _mm_storeu_ps(scores + g * padded + t, _mm_mul_ps(four, _mm_set1_ps(scaling)));
+    }
+  }
+  for (; t < len; ++t)
+    for (int g = 0; g < kG; ++g) {
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t i = 0; i < d; i += kLanes) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * d + i), vload(keys + t * d + i), acc);
+      scores[g * padded + t] = hsum(acc) * scaling;
+    }
+  float inv[kG];
+  for (int g = 0; g < kG; ++g) {
+    float* row = scores + g * padded;
+    const float best = *std::max_element(row, row + len);
+    vfloat total = vset(0.f);
+    for (int64_t i = 0; i < padded; i += kLanes) {  // the padding's -inf gives exp 0
+      const vfloat e = vexp(vsub(vload(row + i), vset(best)));
+      vstore(row + i, e);
+      total = vadd(total, e);
+    }
+    inv[g] = 1.f / vsum(total);
+  }
+  for (int64_t i = 0; i < d; i += 2 * kLanes) {
+    __m256 o[kG][2];
+    for (int g = 0; g < kG; ++g) o[g][0] = o[g][1] = _mm256_setzero_ps();
+    for (int64_t u = 0; u < len; ++u) {
+      const __m256 v0 = vload(values + u * d + i), v1 = vload(values + u * d + i + kLanes);
+      for (int g = 0; g < kG; ++g) {
+        const __m256 p = _mm256_broadcast_ss(scores + g * padded + u);
+        o[g][0] = _mm256_fmadd_ps(p, v0, o[g][0]);
+        o[g][1] = _mm256_fmadd_ps(p, v1, o[g][1]);
+      }
+    }
+    for (int g = 0; g < kG; ++g) {
+      _mm256_storeu_ps(out + g * d + i, _mm256_mul_ps(o[g][0], _mm256_set1_ps(inv[g])));
+      _mm256_storeu_ps(out + g * d + i + kLanes, _mm256_mul_ps(o[g][1], _mm256_set1_ps(inv[g])));
+    }
+  }
+}
+#endif
+
 template <typename T>
 void write_kv(torch::Tensor& cache, int64_t slot, int64_t head, int64_t pos, const float* v, int64_t d) {
   T* dst = cache.data_ptr<T>() + ((slot * cache.size(1) + head) * cache.size(2) + pos) * d;
@@ -513,6 +670,25 @@ void attention(const torch::Tensor& kc, const torch::Tensor& vc, const float* q,
   const int64_t max_len = kc.size(2);
   const T* kbase = kc.data_ptr<T>();
   const T* vbase = vc.data_ptr<T>();
+#ifdef MOSS_AVX2
+  const int64_t chunks = (groups + 2) / 3;  // query heads of one key/value head, three at a time
+  at::parallel_for(0, rows * kv_heads * chunks, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> buffer;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t m = i / (kv_heads * chunks), kvh = (i / chunks) % kv_heads, g0 = (i % chunks) * 3;
+      const int64_t h = kvh * groups + g0, offset = ((slots[m] * kv_heads + kvh) * max_len) * d;
+      const float* qh = q + m * q_stride + h * d;
+      float* oh = out + m * heads * d + h * d;
+      const int64_t len = positions[m] + 1;
+      switch (std::min<int64_t>(3, groups - g0)) {
+        case 3: attend_shared<T, 3>(qh, kbase + offset, vbase + offset, len, d, scaling, oh, buffer); break;
+        case 2: attend_shared<T, 2>(qh, kbase + offset, vbase + offset, len, d, scaling, oh, buffer); break;
+        default: attend_shared<T, 1>(qh, kbase + offset, vbase + offset, len, d, scaling, oh, buffer);
+      }
+    }
+  });
+  return;
+#endif
   at::parallel_for(0, rows * heads, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> scores;
     for (int64_t i = i0; i < i1; ++i) {
