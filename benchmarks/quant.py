@@ -110,7 +110,8 @@ def perplexity(model, tok, window: int = 512) -> float:
 
 def perplexity_through_the_kernel(model, tok) -> float:
     """Perplexity with every row through mosslm's int8-activation kernels, as decode computes (the plain
-    figure runs 512-row windows, which convert weights to the activation dtype instead)."""
+    figure runs 512-row windows, which convert weights to the activation dtype instead: more rows than
+    linear.kernel_row_limit())."""
     from mosslm.quant import linear as quant_linear
 
     kept = quant_linear.Q4_KERNEL_ROWS

@@ -10,7 +10,7 @@ from mosslm import model as modellib
 from mosslm.engine import SamplingParams
 from mosslm.engine.engine import Engine, EngineConfig
 from mosslm.quant import QuantLinear, q4_kernel, quantize
-from mosslm.quant.linear import Q4_KERNEL_ROWS, unpack_nibbles
+from mosslm.quant.linear import kernel_row_limit, unpack_nibbles
 
 pytestmark = pytest.mark.skipif(q4_kernel.unavailable_reason() is not None,
                                 reason=f"mosslm's int4 kernel cannot run here: {q4_kernel.unavailable_reason()}")
@@ -59,7 +59,7 @@ def test_the_int8_matmul_equals_int8_activations_times_the_int8_weights(k, rows)
     weight = layer.dequantized_weight().double()
     expected = activations_int8(x) @ weight.t() + layer.bias.double()
     assert torch.allclose(layer(x).double(), expected, rtol=1e-5, atol=1e-4 * expected.abs().max().item())
-    many = torch.randn(Q4_KERNEL_ROWS + 1, k)  # prefill-sized: blocks of exact values and a matmul
+    many = torch.randn(kernel_row_limit() + 1, k)  # prefill-sized: blocks of exact values and a matmul
     assert torch.allclose(layer(many).double(), many.double() @ weight.t() + layer.bias.double(), atol=1e-3)
 
 
@@ -71,7 +71,7 @@ def test_the_matmul_is_close_to_the_plain_linear_and_many_rows_are_exact():
     layer.prepare()
     plain = layer.dequantized_weight()  # from the fp16 scales the kernel keeps: within their rounding
     assert torch.allclose(plain, exact, atol=2e-3 * exact.abs().max().item())  # as llama.cpp's Q4_1 rounds
-    few, many = torch.randn(4, 576), torch.randn(Q4_KERNEL_ROWS + 1, 576)
+    few, many = torch.randn(4, 576), torch.randn(kernel_row_limit() + 1, 576)
     reference = few @ plain.t()
     relative = ((layer(few) - reference).norm() / reference.norm()).item()
     assert relative < 0.01  # the int8 activations' rounding; llama.cpp's Q8 activations give the same

@@ -95,7 +95,7 @@ def join_linears(layers: list[torch.nn.Module]) -> torch.nn.Module | None:
     joined.scales = torch.cat([m.scales for m in layers])
     if first.bias is not None:
         joined.bias = torch.cat([m.bias for m in layers])
-    joined._kernel = first._kernel
+    joined._kernel, joined._kernel_rows = first._kernel, first._kernel_rows
     if first._kernel == "q8own":
         joined.qweight = torch.empty(0, dtype=torch.int8)
         joined._q8u = torch.cat([m._q8u for m in layers])

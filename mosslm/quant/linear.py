@@ -28,9 +28,20 @@ INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the CPU int4 kernel takes
 # one matmul per block, the scale applied to the output: 64 rows of [1536 x 576] 0.20 ms against 0.65 ms.
 INT8_MATMUL_ROWS = 16
 INT8_BLOCK_ROWS = 4096  # output rows converted at a time: a few MB that the allocator reuses
-# mosslm's int4 kernel is a matrix-vector loop too; more rows than this (prefill) convert blocks of weights
-# to the activation dtype and run a matmul, as int8 does
-Q4_KERNEL_ROWS = 32
+# mosslm's int4/int8 kernels take up to this many rows; more (prefill) convert blocks of weights to the
+# activation dtype and run a matmul, as torch's int8 path does. The AVX2 build's tiles of eight rows beat
+# that up to 256 rows, where activations are fp32 anyway (576 x 3072 on 2 Zen 3 cores, 256 rows: int4 8.7
+# against 9.6 ms, int8 7.6 against 9.0; 32 rows: 1.5 against 7.4); the AVX-512 build hands over at 32, where
+# the matmul may run in bf16 (AMX). Q4_KERNEL_ROWS, when set, overrides both (benchmarks/quant.py).
+KERNEL_ROWS = {"avx2": 256, "avx512_vnni": 32}
+Q4_KERNEL_ROWS: int | None = None
+
+
+def kernel_row_limit() -> int:
+    """How many rows mosslm's int4/int8 kernels take before a layer converts its weights for a matmul."""
+    if Q4_KERNEL_ROWS is not None:
+        return Q4_KERNEL_ROWS
+    return KERNEL_ROWS.get(q4_kernel.isa() or "", 32)
 
 
 class QuantError(ValueError):
@@ -143,6 +154,7 @@ class QuantLinear(torch.nn.Module):
         self._q4_sb: torch.Tensor | None = None         # q4own: fp16 [N, K/g, 2] (scale, zero - 8 scale)
         self._q8u: torch.Tensor | None = None           # q8own: uint8 [N, K], the int8 values plus 128
         self._q8_scale: torch.Tensor | None = None      # q8own: fp32 [N]
+        self._kernel_rows = 32                          # q8own/q4own: kernel_row_limit(), set by prepare()
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, bits: int, group_size: int | None = None) -> QuantLinear:
@@ -200,6 +212,7 @@ class QuantLinear(torch.nn.Module):
                 self._q8_scale = self.scales.float().contiguous()
                 self.qweight = torch.empty(0, dtype=torch.int8)
                 self._kernel = "q8own"
+                self._kernel_rows = KERNEL_ROWS.get(q4_kernel.isa() or "", 32)
             elif self.bits == 8 and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
                 # Tensors read from a safetensors file can start at any byte; the kernel's vector loads crash
                 # on such a weight (seen with 16 rows, bf16), so it gets a copy from torch's aligned allocator.
@@ -211,6 +224,7 @@ class QuantLinear(torch.nn.Module):
                 scale = self.scales.float()
                 self._q4_sb = torch.stack([scale, self.zeros.float() - 8 * scale], dim=-1).half().contiguous()
                 self._kernel = "q4own"
+                self._kernel_rows = KERNEL_ROWS.get(q4_kernel.isa() or "", 32)
                 # the fp16 pairs are the numbers the layer runs on from here; the fp32 copies go
                 self.scales = torch.empty(0, dtype=self.scales.dtype)
                 self.zeros = torch.empty(0, dtype=self.zeros.dtype)
@@ -238,13 +252,15 @@ class QuantLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if self._kernel == "q8own" and rows.shape[0] <= Q4_KERNEL_ROWS:
+        limit = self._kernel_rows if Q4_KERNEL_ROWS is None else Q4_KERNEL_ROWS
+        few = self._kernel in ("q8own", "q4own") and rows.shape[0] <= limit
+        if self._kernel == "q8own" and few:
             y = q4_kernel.load().q4_matmul(rows, self._q8u, self._q8_scale, 0)
         elif self._kernel in ("int8pack", "q8own") and rows.shape[0] > INT8_MATMUL_ROWS:
             y = self._int8_blocks(rows)
         elif self._kernel == "int8pack":
             y = torch.ops.aten._weight_int8pack_mm(rows.contiguous(), self.qweight, self._scales_as(rows.dtype))
-        elif self._kernel == "q4own" and rows.shape[0] <= Q4_KERNEL_ROWS:
+        elif self._kernel == "q4own" and few:
             y = q4_kernel.load().q4_matmul(rows, self.qweight, self._q4_sb, self.group_size)
         elif self._kernel == "q4own":
             y = self._int4_blocks(rows)

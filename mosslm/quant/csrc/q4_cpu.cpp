@@ -603,11 +603,14 @@ MOSS_TARGET void attend_shared(const float* q, const T* keys, const T* values, i
   const int64_t padded = (len + kLanes - 1) / kLanes * kLanes;
   buffer.assign(kG * padded, -INFINITY);
   float* scores = buffer.data();
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(T));  // the cache is read 4 KB ahead, as weights are
   int64_t t = 0;
   for (; t + 4 <= len; t += 4) {
     __m256 acc[kG][4];
     for (int g = 0; g < kG; ++g)
       for (int j = 0; j < 4; ++j) acc[g][j] = _mm256_setzero_ps();
+    for (int64_t line = 0; line < 4 * row_bytes; line += 64)
+      prefetch_ahead(reinterpret_cast<const uint8_t*>(keys + t * d) + line);
     for (int64_t i = 0; i < d; i += kLanes)
       for (int j = 0; j < 4; ++j) {
         const __m256 key = vload(keys + (t + j) * d + i);
@@ -641,6 +644,8 @@ MOSS_TARGET void attend_shared(const float* q, const T* keys, const T* values, i
     __m256 o[kG][2];
     for (int g = 0; g < kG; ++g) o[g][0] = o[g][1] = _mm256_setzero_ps();
     for (int64_t u = 0; u < len; ++u) {
+      for (int64_t line = 0; i == 0 && line < row_bytes; line += 64)  // the first pass asks for the lines ahead
+        prefetch_ahead(reinterpret_cast<const uint8_t*>(values + u * d) + line);
       const __m256 v0 = vload(values + u * d + i), v1 = vload(values + u * d + i + kLanes);
       for (int g = 0; g < kG; ++g) {
         const __m256 p = _mm256_broadcast_ss(scores + g * padded + u);
