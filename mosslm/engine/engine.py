@@ -375,20 +375,22 @@ class Engine:
         For each row index in `full`, its logits at every real position are stored there too."""
         lengths = [len(t) for t in tokens]
         n = max(lengths)
-        ids = torch.zeros(len(tokens), n, dtype=torch.long)
-        for b, t in enumerate(tokens):
-            ids[b, : len(t)] = torch.tensor(t)
+        ids = torch.tensor([t + [0] * (n - len(t)) for t in tokens], dtype=torch.long)
         self.kv.plan(slots, starts, lengths)
         kv_len = self.kv.kv_len
         q_pos = torch.tensor(starts).unsqueeze(1) + torch.arange(n).unsqueeze(0)          # [B, n]
-        allowed = torch.arange(kv_len).view(1, 1, kv_len) <= q_pos.unsqueeze(2)            # causal, per row
-        mask = torch.zeros(len(tokens), 1, n, kv_len, dtype=self.dtype)
-        mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(self.dtype).min)
+        if self.runner is not None and self.device.type == "cpu" and self.runner._q4_applies(ids, self.kv):
+            mask = None  # the C++ decode step attends over each row's own positions: no mask to build
+        else:
+            allowed = torch.arange(kv_len).view(1, 1, kv_len) <= q_pos.unsqueeze(2)        # causal, per row
+            mask = torch.zeros(len(tokens), 1, n, kv_len, dtype=self.dtype)
+            mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(self.dtype).min)
+            mask = mask.to(self.device)
         with cpu.engine_calls() if self.packed else contextlib.nullcontext():
             if self.runner is not None:
-                states = self.runner(ids.to(self.device), mask.to(self.device), q_pos.to(self.device), self.kv)
+                states = self.runner(ids.to(self.device), mask, q_pos.to(self.device), self.kv)
             else:
-                states = self.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                states = self.decoder(input_ids=ids.to(self.device), attention_mask=mask,
                                       position_ids=q_pos.to(self.device), use_cache=True,
                                       **{self._cache_kw: self.kv}).last_hidden_state
             hidden = states[torch.arange(len(tokens)), torch.tensor(lengths) - 1]
@@ -399,12 +401,17 @@ class Engine:
     def _sample(self, reqs: list[Request], logits: torch.Tensor) -> None:
         now = time.monotonic()
         finished = []
+        plain = [r.params.greedy and r.constraint is None and r.params.repetition_penalty == 1.0 for r in reqs]
+        argmax = logits.argmax(-1).tolist() if any(plain) else None  # greedy rows in one call
         for i, (r, row) in enumerate(zip(reqs, logits)):
-            seen = (torch.tensor(r.prompt + r.generated).unique() if r.params.repetition_penalty != 1.0
-                    else row.new_empty(0, dtype=torch.long))
-            if r.constraint is not None:  # only grammar tokens: the grammar ends the request, never a stop token
-                row = r.constraint.mask_logits(row, self.stop_token_ids | set(r.params.stop_token_ids))
-            token = sample_next(row, r.params, seen, r.generator)
+            if plain[i]:
+                token = argmax[i]
+            else:
+                seen = (torch.tensor(r.prompt + r.generated).unique() if r.params.repetition_penalty != 1.0
+                        else row.new_empty(0, dtype=torch.long))
+                if r.constraint is not None:  # only grammar tokens: the grammar ends the request, never a stop token
+                    row = r.constraint.mask_logits(row, self.stop_token_ids | set(r.params.stop_token_ids))
+                token = sample_next(row, r.params, seen, r.generator)
             h = r.handle
             if r.first_token_at is None:
                 r.first_token_at = now
