@@ -39,8 +39,10 @@ Q4_KERNEL_ROWS: int | None = None
 
 def kernel_row_limit() -> int:
     """How many rows mosslm's int4/int8 kernels take before a layer converts its weights for a matmul."""
-    if Q4_KERNEL_ROWS is not None:
-        return Q4_KERNEL_ROWS
+    return _isa_row_limit() if Q4_KERNEL_ROWS is None else Q4_KERNEL_ROWS
+
+
+def _isa_row_limit() -> int:
     return KERNEL_ROWS.get(q4_kernel.isa() or "", 32)
 
 
@@ -154,7 +156,7 @@ class QuantLinear(torch.nn.Module):
         self._q4_sb: torch.Tensor | None = None         # q4own: fp16 [N, K/g, 2] (scale, zero - 8 scale)
         self._q8u: torch.Tensor | None = None           # q8own: uint8 [N, K], the int8 values plus 128
         self._q8_scale: torch.Tensor | None = None      # q8own: fp32 [N]
-        self._kernel_rows = 32                          # q8own/q4own: kernel_row_limit(), set by prepare()
+        self._kernel_rows = 32                          # q8own/q4own: the ISA's row limit, set by prepare()
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, bits: int, group_size: int | None = None) -> QuantLinear:
@@ -212,7 +214,6 @@ class QuantLinear(torch.nn.Module):
                 self._q8_scale = self.scales.float().contiguous()
                 self.qweight = torch.empty(0, dtype=torch.int8)
                 self._kernel = "q8own"
-                self._kernel_rows = KERNEL_ROWS.get(q4_kernel.isa() or "", 32)
             elif self.bits == 8 and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
                 # Tensors read from a safetensors file can start at any byte; the kernel's vector loads crash
                 # on such a weight (seen with 16 rows, bf16), so it gets a copy from torch's aligned allocator.
@@ -224,7 +225,6 @@ class QuantLinear(torch.nn.Module):
                 scale = self.scales.float()
                 self._q4_sb = torch.stack([scale, self.zeros.float() - 8 * scale], dim=-1).half().contiguous()
                 self._kernel = "q4own"
-                self._kernel_rows = KERNEL_ROWS.get(q4_kernel.isa() or "", 32)
                 # the fp16 pairs are the numbers the layer runs on from here; the fp32 copies go
                 self.scales = torch.empty(0, dtype=self.scales.dtype)
                 self.zeros = torch.empty(0, dtype=self.zeros.dtype)
@@ -236,6 +236,8 @@ class QuantLinear(torch.nn.Module):
                 self._kernel = "int4pack"
                 if not keep_portable:
                     self.qweight = torch.empty(0, dtype=torch.uint8)
+        if self._kernel in ("q8own", "q4own"):
+            self._kernel_rows = _isa_row_limit()  # cached: forward runs once per layer per token
         return self._kernel
 
     def _apply(self, fn, recurse=True):

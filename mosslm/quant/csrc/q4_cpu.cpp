@@ -446,7 +446,12 @@ MOSS_TARGET void matmul(const Linear4& l, const float* x, int64_t rows, float* y
   const int64_t blocks = l.k / kBlock;
   // (float arrays read with unaligned loads: a std::vector<__m256> is not 32-byte aligned here)
   std::vector<float> xscale(rows * blocks * 8), xsum(rows * blocks * 8);
-  for (int64_t i = 0; i < rows * blocks; ++i) {
+#ifdef MOSS_AVX2
+  const int64_t tiled = rows >= 4 ? rows / 4 * 4 : 0;  // rows gemv_cols takes: they read `xoff` instead
+#else
+  const int64_t tiled = 0;
+#endif
+  for (int64_t i = tiled * blocks; i < rows * blocks; ++i) {
     const float whole = (scratch.sum[2 * i] + scratch.sum[2 * i + 1]) / 8;  // a group covers whole blocks
     for (int lane = 0; lane < 8; ++lane) {
       xscale[i * 8 + lane] = scratch.scale[i];
@@ -546,6 +551,17 @@ MOSS_TARGET inline vfloat vexp(vfloat x) {
   return vscale2(p, n);
 }
 
+// scores -> exp(score - best) in place over `padded` lanes (the padding's -inf gives 0); returns 1 / their sum
+MOSS_TARGET inline float exp_in_place(float* row, int64_t padded, float best) {
+  vfloat total = vset(0.f);
+  for (int64_t t = 0; t < padded; t += kLanes) {
+    const vfloat e = vexp(vsub(vload(row + t), vset(best)));
+    vstore(row + t, e);
+    total = vadd(total, e);
+  }
+  return 1.f / vsum(total);
+}
+
 // one query row's attention for one head over keys 0..len-1 of its slot: out = softmax(q k * scaling) v
 template <typename T>
 MOSS_TARGET void attend(const float* q, const T* keys, const T* values, int64_t len, int64_t d, float scaling,
@@ -559,13 +575,7 @@ MOSS_TARGET void attend(const float* q, const T* keys, const T* values, int64_t 
     scores[t] = vsum(acc) * scaling;
     best = std::max(best, scores[t]);
   }
-  vfloat total = vset(0.f);
-  for (int64_t t = 0; t < padded; t += kLanes) {  // the padding's -inf gives exp 0
-    const vfloat e = vexp(vsub(vload(scores.data() + t), vset(best)));
-    vstore(scores.data() + t, e);
-    total = vadd(total, e);
-  }
-  const float inv = 1.f / vsum(total);
+  const float inv = exp_in_place(scores.data(), padded, best);
   vfloat acc[1024 / kLanes];  // on the stack, so aligned (a std::vector of vectors is not, here)
   for (int64_t i = 0; i < d / kLanes; ++i) acc[i] = vset(0.f);
   for (int64_t t = 0; t < len; ++t) {
@@ -614,14 +624,7 @@ MOSS_TARGET void attend_shared(const float* q, const T* keys, const T* values, i
   float inv[kG];
   for (int g = 0; g < kG; ++g) {
     float* row = scores + g * padded;
-    const float best = *std::max_element(row, row + len);
-    vfloat total = vset(0.f);
-    for (int64_t i = 0; i < padded; i += kLanes) {  // the padding's -inf gives exp 0
-      const vfloat e = vexp(vsub(vload(row + i), vset(best)));
-      vstore(row + i, e);
-      total = vadd(total, e);
-    }
-    inv[g] = 1.f / vsum(total);
+    inv[g] = exp_in_place(row, padded, *std::max_element(row, row + len));
   }
   for (int64_t i = 0; i < d; i += 2 * kLanes) {
     __m256 o[kG][2];
