@@ -4,7 +4,8 @@
 
 For each model (SmolLM2-135M-Instruct from `moss download smollm2`, and the 34M `small` preset with
 random weights and a tokenizer trained here), in this process and at this machine's thread count:
-1. writes its fp32 folder, `moss quantize` int8 and int4 copies (int4 in groups of 32, Q4_0's block), and `moss export --format gguf`
+1. writes its fp32 folder, `moss quantize` int8 and int4 copies (int8 in its default groups of 64, int4 in groups of 32,
+   Q4_0's block), and `moss export --format gguf`
    f16, Q8_0 and Q4_0 files (the same weights for everyone);
 2. for fp32, bf16, int8 and int4 on our engine: weight memory, batch-1 decode tokens/s, aggregate
    tokens/s at 16 streams (end to end, prefill included, and decoding alone: the tokens made while all 16
@@ -317,7 +318,7 @@ def report(name: str, res: dict, bandwidth: float) -> None:
         print(f"{label}: {value:.2f}x, {verdict}")
     res["ratios"] = {k: v for k, (v, _) in ratios.items()}
     # the file against the model it was exported from, and Q8_0 also against our own int8 (whose weights
-    # are rounded per row, not per block of 32, and whose kernel rounds activations per block of 64)
+    # have a scale per 64 inputs, not per 32, and whose kernel rounds activations to int8 as llama.cpp's does)
     for q, ours in (("f16", "fp32"), ("q8_0", "fp32"), ("q8_0", "int8")):
         theirs = runs[f"llama.cpp {q}"].get("greedy")
         if theirs:

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.skipif(q4_kernel.unavailable_reason() is not None,
 
 
 def emulated(portable: dict, group: int, x: torch.Tensor) -> torch.Tensor:
-    """What the kernel computes, in float64, from the layer's portable int4 buffers: x rounded to int8 per block
-    of 64 (scale max|x| / 127), times the weights q * s + b with s and b = zero - 8 s rounded to fp16."""
+    """What the kernel computes, in float64, from the layer's portable int4 buffers: x rounded to int8 per 32
+    inputs (scale max|x| / 127), times the weights q * s + b with s and b = zero - 8 s rounded to fp16."""
     q = unpack_nibbles(portable["qweight"]).double()
     n, k = q.shape
     s = portable["scales"].float().half().double()
@@ -28,7 +28,7 @@ def emulated(portable: dict, group: int, x: torch.Tensor) -> torch.Tensor:
 
 
 def activations_int8(x: torch.Tensor) -> torch.Tensor:
-    blocks = x.double().view(x.shape[0], -1, 64)
+    blocks = x.double().view(x.shape[0], -1, 32)  # a scale per 32 inputs, as llama.cpp's Q8 activations
     scale = blocks.abs().amax(dim=-1, keepdim=True) / 127
     return (torch.round((blocks / scale).float()).double() * scale).view(x.shape)
 
@@ -49,11 +49,12 @@ def test_the_matmul_equals_int8_activations_times_the_dequantized_weights(k, gro
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-4 * expected.abs().max().item())
 
 
-@pytest.mark.parametrize("k", [64, 576, 1536])
+@pytest.mark.parametrize("k,group", [(64, None), (576, None), (1536, None), (576, 64), (1536, 128), (1024, 256)])
 @pytest.mark.parametrize("rows", [1, 6, 13])
-def test_the_int8_matmul_equals_int8_activations_times_the_int8_weights(k, rows):
+def test_the_int8_matmul_equals_int8_activations_times_the_int8_weights(k, group, rows):
     torch.manual_seed(k + rows)
-    layer = QuantLinear.from_linear(torch.nn.Linear(k, 37, bias=True), 8)
+    layer = QuantLinear.from_linear(torch.nn.Linear(k, 37, bias=True), 8, group)
+    assert layer.scales.shape == ((37, k // group) if group else (37,))
     assert layer.prepare() == "q8own" and layer.qweight.numel() == 0  # the unsigned copy replaces the signed one
     x = torch.randn(rows, k) * torch.linspace(0.1, 3, k)
     weight = layer.dequantized_weight().double()

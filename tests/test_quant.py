@@ -36,13 +36,14 @@ def test_int8_and_int4_round_trips_stay_within_one_step_of_the_grid():
     assert torch.equal(unpack_nibbles(pack_nibbles(q4)), q4)
 
 
-@pytest.mark.parametrize("bits", [8, 4])
-def test_the_cpu_kernel_equals_a_plain_linear_on_the_dequantized_weight(bits, torch_quant_kernels):
+@pytest.mark.parametrize("bits,group,kernel", [(8, None, "int8pack"), (8, 64, "dequantize"), (4, 32, "int4pack")])
+def test_the_cpu_kernel_equals_a_plain_linear_on_the_dequantized_weight(bits, group, kernel, torch_quant_kernels):
+    # torch's int8 kernel reads one scale per row: grouped int8 without mosslm's kernel converts blocks of weights
     torch.manual_seed(1)
     linear = torch.nn.Linear(128, 64, bias=True)
-    layer = QuantLinear.from_linear(linear, bits, 32)
+    layer = QuantLinear.from_linear(linear, bits, group)
     reference = layer.dequantized_weight()
-    assert layer.prepare() == ("int8pack" if bits == 8 else "int4pack")
+    assert layer.prepare() == kernel
     x = torch.randn(2, 3, 128)
     expected = torch.nn.functional.linear(x, reference, linear.bias)
     assert torch.allclose(layer(x), expected, atol=1e-4)
@@ -154,6 +155,7 @@ def test_bad_quantize_requests_get_clear_errors(tiny_checkpoint, tmp_path, capsy
     assert "--group-size must be one of" in capsys.readouterr().err
     assert moss(["quantize", "--model", str(tiny_checkpoint), "--bits", "8", "--group-size", "32",
                  "--out", str(tmp_path / "x")]) == 2
+    assert "int8 --group-size must be 0 (a scale per output channel) or one of 64" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     q = tmp_path / "q4"
     quantize(str(tiny_checkpoint), str(q), 4)
@@ -210,6 +212,6 @@ def test_a_quantized_gguf_is_served_quantized(quant_type, bits, tiny_checkpoint,
     ids = torch.tensor([list(range(5, 40))])
     with torch.no_grad():
         a, b = served(ids).logits, plain(ids).logits
-    # Q4_0 blocks are copied bit for bit into the int4 format; Q8_0's 32-blocks become per-channel int8
+    # Q4_0 blocks are copied bit for bit into the int4 format; Q8_0's 32-blocks are requantized to int8 in groups of 64
     tolerance = {8: 0.05, 4: 1e-4, None: 1e-6}[bits]
     assert (a - b).abs().max() < tolerance * max(1.0, b.abs().max().item())

@@ -8,14 +8,16 @@ import sys
 
 def add_quantize_parser(verbs) -> None:
     q = verbs.add_parser("quantize", help="int8 / int4 weights for fast CPU inference",
-                         description="Write a copy of a model whose linear weights are int8 (one scale per output "
-                                     "channel) or int4 (a scale and a zero per group of inputs). The folder loads in "
-                                     "`moss chat`, `moss serve` and the engine, which run those linears on torch's "
-                                     "own int8/int4 CPU kernels.")
+                         description="Write a copy of a model whose linear weights are int8 (a scale per output "
+                                     "channel and group of inputs) or int4 (a scale and a zero per group of inputs). "
+                                     "The folder loads in `moss chat`, `moss serve` and the engine, which run those "
+                                     "linears on mosslm's int8/int4 CPU kernels (torch's where those cannot run).")
     q.add_argument("--model", required=True, help="checkpoint folder, .gguf file or downloaded name (loaded at fp32)")
     q.add_argument("--bits", type=int, choices=[8, 4], required=True)
-    q.add_argument("--group-size", type=int, help="int4 only: inputs per scale, 32/64/128/256 (default: the "
-                                                  "largest of 128, 64, 32 that divides every layer's inputs)")
+    q.add_argument("--group-size", type=int,
+                   help="inputs per scale. int4: 32/64/128/256 (default: the largest of 128, 64, 32 that divides "
+                        "every layer's inputs); int8: 64/128/256, or 0 for one scale per output channel (default: 64 "
+                        "where every layer's inputs divide by it)")
     q.add_argument("--out", required=True, help="output folder (written atomically)")
     q.set_defaults(func=cmd_quantize)
 
@@ -24,15 +26,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from ..download import DownloadError, resolve
     from ..model import ModelLoadError
     from . import QuantError, quantize
+    from .linear import INT8_GROUP_SIZES
 
-    if args.group_size is not None and args.bits != 4:
-        print("moss quantize: --group-size applies to --bits 4 only", file=sys.stderr)
+    if args.bits == 8 and args.group_size not in (None, 0, *INT8_GROUP_SIZES):  # before loading any weights
+        print(f"moss quantize: int8 --group-size must be 0 (a scale per output channel) or one of "
+              f"{', '.join(map(str, INT8_GROUP_SIZES))} (got {args.group_size})", file=sys.stderr)
         return 2
     try:
         spec = quantize(str(resolve(args.model)), args.out, args.bits, args.group_size)
     except (QuantError, ModelLoadError, DownloadError, OSError) as e:
         print(f"moss quantize: {e}", file=sys.stderr)
         return 1
-    group = f", groups of {spec['group_size']}" if spec["bits"] == 4 else ""
+    group = f", groups of {spec['group_size']}" if spec["group_size"] else ", a scale per output channel"
     print(f"int{spec['bits']}{group}: {len(spec['modules'])} linears -> {args.out} (try: moss chat --model {args.out})")
     return 0

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..paths import atomic_dir
-from .linear import QuantError, QuantLinear, default_group_size
+from .linear import QuantError, QuantLinear, default_group_size, default_int8_group
 
 WEIGHTS = "quantized.safetensors"
 _SKIP = {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
@@ -63,7 +63,8 @@ def quantize_model(model, bits: int, group_size: int | None = None) -> dict[str,
     linears = _linears(model)
     if not linears:
         raise QuantError("the model has no linear layers to quantize")
-    group = default_group_size([m.in_features for _, m in linears], group_size) if bits == 4 else None
+    sizes = [m.in_features for _, m in linears]
+    group = default_group_size(sizes, group_size) if bits == 4 else default_int8_group(sizes, group_size)
     for name, linear in linears:
         _set_module(model, name, QuantLinear.from_linear(linear, bits, group))
     return {"bits": bits, "group_size": group, "modules": [name for name, _ in linears]}

@@ -1,8 +1,9 @@
-"""Weight-only quantized linears: int8 per output channel, int4 in groups along the input.
+"""Weight-only quantized linears: int8 per output channel and group of inputs, int4 in groups along the input.
 
 The formats are the ones torch's own CPU kernels read, so nothing is converted per call:
-- int8: w = q * scale, q in [-127, 127] (symmetric), one scale per output row;
-  `torch.ops.aten._weight_int8pack_mm(x, q[N, K], scale[N])`.
+- int8: w = q * scale, q in [-127, 127] (symmetric), one scale per output row and group of `group_size`
+  inputs (64 by default, as llama.cpp's Q8_0 has one per 32), or per output row alone (group size 0;
+  `torch.ops.aten._weight_int8pack_mm(x, q[N, K], scale[N])` reads that one where mosslm's kernel cannot run).
 - int4: w = (q - 8) * scale + zero, q in [0, 15], one (scale, zero) per `group_size` inputs
   of a row (asymmetric: the group's min and max are exact);
   `torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scale_and_zero[K/g, N, 2])`
@@ -22,6 +23,10 @@ import torch.nn.functional as F
 from . import q4_kernel
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the CPU int4 kernel takes
+# int8 groups: multiples of the kernel's 64-input block. One scale per output row alone (0) costs SmolLM2-135M
+# +1.1-1.2% perplexity over fp32 through the int8-activation kernel, groups of 64 +0.5% (benchmarks/quant.py).
+INT8_GROUP_SIZES = (64, 128, 256)
+INT8_DEFAULT_GROUP = 64
 # torch's int8 kernel is a matrix-vector loop: its time grows with every row (measured on 2 Xeon cores:
 # 16 rows 4.6x one row). Above this many rows (prefill, perplexity, wide batches) the layer converts its
 # int8 values to the activation dtype block by block (exact: |q| <= 127 fits bf16's mantissa) and runs
@@ -53,12 +58,18 @@ class QuantError(ValueError):
 INT8_CLIP_RATIOS = torch.linspace(0.6, 1.0, 21)
 
 
-def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q int8 [N, K], scale fp32 [N]) with weight ~= q * scale[:, None].
+def quantize_int8(weight: torch.Tensor, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q int8 [N, K], scale fp32 [N], or [N, K/g] with groups) with weight ~= q * scale per row or group.
 
-    Each row's scale is the one of `INT8_CLIP_RATIOS` x its largest magnitude / 127 with the least squared
-    error: a row's few outliers are clipped when that makes the grid finer for the rest (SmolLM2-135M's
-    perplexity: +0.91% over fp32 with the plain max scale, +0.75% with this)."""
+    Each scale is the one of `INT8_CLIP_RATIOS` x the row's (group's) largest magnitude / 127 with the least
+    squared error: a few outliers are clipped when that makes the grid finer for the rest (SmolLM2-135M's
+    perplexity, one scale a row: +0.91% over fp32 with the plain max scale, +0.75% with this)."""
+    if group_size:
+        n, k = weight.shape
+        if k % group_size:
+            raise QuantError(f"input size {k} is not a multiple of the int8 group size {group_size}")
+        q, scale = quantize_int8(weight.reshape(n * k // group_size, group_size))
+        return q.view(n, k), scale.view(n, k // group_size)
     w = weight.detach().float()
     amax = w.abs().amax(dim=1).clamp(min=1e-12)
     best_scale, best_err = amax / 127, torch.full_like(amax, float("inf"))
@@ -100,7 +111,27 @@ def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return q.float() * scale.float()[:, None]
+    """q * scale with one scale per row ([N]) or per row and group ([N, K/g])."""
+    if scale.dim() == 1:
+        return q.float() * scale.float()[:, None]
+    n, k = q.shape
+    return (q.float().view(n, scale.shape[1], -1) * scale.float()[..., None]).view(n, k)
+
+
+def default_int8_group(in_features: list[int], wanted: int | None = None) -> int | None:
+    """The int8 group size for these layers: `wanted` (0: one scale per output row, returned as None) if
+    every input size divides by it, else 64 where they all do, else one scale per row."""
+    if wanted is not None:
+        if wanted == 0:
+            return None
+        if wanted not in INT8_GROUP_SIZES:
+            raise QuantError(f"int8 --group-size must be 0 (a scale per output channel) or one of "
+                             f"{', '.join(map(str, INT8_GROUP_SIZES))} (got {wanted})")
+        bad = sorted({k for k in in_features if k % wanted})
+        if bad:
+            raise QuantError(f"input sizes {bad} are not multiples of group size {wanted}")
+        return wanted
+    return INT8_DEFAULT_GROUP if all(k % INT8_DEFAULT_GROUP == 0 for k in in_features) else None
 
 
 def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -137,10 +168,13 @@ class QuantLinear(torch.nn.Module):
         if bits not in (4, 8):
             raise QuantError(f"bits must be 8 or 4 (got {bits})")
         self.in_features, self.out_features, self.bits = in_features, out_features, bits
-        self.group_size = group_size if bits == 4 else None
+        self.group_size = group_size or None
         if bits == 8:
+            if group_size and in_features % group_size:
+                raise QuantError(f"int8 groups of {group_size} do not divide {in_features} inputs")
             self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8))
-            self.register_buffer("scales", torch.empty(out_features, dtype=dtype))
+            shape = (out_features, in_features // group_size) if group_size else (out_features,)
+            self.register_buffer("scales", torch.empty(*shape, dtype=dtype))
         else:
             if not group_size or in_features % group_size:
                 raise QuantError(f"int4 needs a group size dividing {in_features} (got {group_size})")
@@ -163,7 +197,7 @@ class QuantLinear(torch.nn.Module):
         w = linear.weight.detach()
         layer = cls(linear.in_features, linear.out_features, bits, group_size, linear.bias is not None, w.dtype)
         if bits == 8:
-            q, scale = quantize_int8(w)
+            q, scale = quantize_int8(w, group_size)
             layer.qweight.copy_(q)
             layer.scales.copy_(scale)
         else:
@@ -208,13 +242,13 @@ class QuantLinear(torch.nn.Module):
         """Choose the kernel for this device and make its weight layout; returns the kernel's name."""
         self._kernel = "dequantize"
         if self.qweight.device.type == "cpu":
-            if self.bits == 8 and q4_kernel.supports_int8(self.in_features) and q4_kernel.load():
+            if self.bits == 8 and q4_kernel.supports_int8(self.in_features, self.group_size) and q4_kernel.load():
                 # mosslm's kernel reads the values plus 128 (unsigned); they replace the signed copy
                 self._q8u = (self.qweight.to(torch.int16) + 128).to(torch.uint8).contiguous()
                 self._q8_scale = self.scales.float().contiguous()
                 self.qweight = torch.empty(0, dtype=torch.int8)
                 self._kernel = "q8own"
-            elif self.bits == 8 and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+            elif self.bits == 8 and self.group_size is None and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
                 # Tensors read from a safetensors file can start at any byte; the kernel's vector loads crash
                 # on such a weight (seen with 16 rows, bf16), so it gets a copy from torch's aligned allocator.
                 if self.qweight.data_ptr() % 64:
@@ -258,8 +292,9 @@ class QuantLinear(torch.nn.Module):
         few = self._kernel in ("q8own", "q4own") and rows.shape[0] <= limit
         if self._kernel == "q8own" and few:
             y = q4_kernel.load().q4_matmul(rows, self._q8u, self._q8_scale, 0)
-        elif self._kernel in ("int8pack", "q8own") and rows.shape[0] > INT8_MATMUL_ROWS:
-            y = self._int8_blocks(rows)
+        elif self._kernel in ("int8pack", "q8own") and rows.shape[0] > INT8_MATMUL_ROWS \
+                or self.bits == 8 and self._kernel == "dequantize":
+            y = self._int8_blocks(rows)  # also grouped int8 where mosslm's kernel cannot run
         elif self._kernel == "int8pack":
             y = torch.ops.aten._weight_int8pack_mm(rows.contiguous(), self.qweight, self._scales_as(rows.dtype))
         elif self._kernel == "q4own" and few:
@@ -287,7 +322,11 @@ class QuantLinear(torch.nn.Module):
         scales = self.scales.float()  # applied in fp32
         for start in range(0, self.out_features, INT8_BLOCK_ROWS):
             block = slice(start, start + INT8_BLOCK_ROWS)
-            torch.mul(F.linear(rows, self._int8_values(block).to(rows.dtype)), scales[block], out=y[:, block])
+            if scales.dim() == 2:  # groups: the weights themselves, block by block
+                w = dequantize_int8(self._int8_values(block), scales[block])
+                torch.matmul(rows, w.to(rows.dtype).t(), out=y[:, block])
+            else:
+                torch.mul(F.linear(rows, self._int8_values(block).to(rows.dtype)), scales[block], out=y[:, block])
         return y
 
     def _int8_values(self, rows: slice) -> torch.Tensor:
@@ -306,6 +345,6 @@ class QuantLinear(torch.nn.Module):
         return y
 
     def extra_repr(self) -> str:
-        group = f", group_size={self.group_size}" if self.bits == 4 else ""
+        group = f", group_size={self.group_size}" if self.group_size else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits}{group}, " \
                f"kernel={self._kernel}"

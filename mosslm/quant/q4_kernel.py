@@ -3,7 +3,7 @@
 Why a kernel of our own: torch's `_weight_int4pack_mm_for_cpu` converts each int4 weight to floating point
 and reads SmolLM2-135M's int4 weights at about 10-12 GB/s on 2 Xeon cores, and a decode step pays
 PyTorch's dispatch for ~50 small operations a layer on top. This kernel quantizes the activations to
-int8 per block of 64 (what llama.cpp does) and multiplies with integer u8 x s8 dot products, and
+int8 with a scale per 32 inputs (what llama.cpp does) and multiplies with integer u8 x s8 dot products, and
 `q4_decode_step` runs a whole Llama-family decode step in one call (benchmarks/quant.py measures both).
 
 The source builds for one of two instruction sets, whichever the CPU has (`isa()` names it):
@@ -101,8 +101,8 @@ def reason() -> str | None:
     return _state.get("reason")
 
 
-def supports_int8(in_features: int) -> bool:
-    return in_features % BLOCK == 0
+def supports_int8(in_features: int, group_size: int | None = None) -> bool:
+    return in_features % BLOCK == 0 and (group_size or BLOCK) % BLOCK == 0
 
 
 def supports(in_features: int, group_size: int) -> bool:
