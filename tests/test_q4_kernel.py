@@ -88,6 +88,9 @@ def test_wrong_shapes_are_refused_with_a_message():
         kernel.q4_matmul(torch.randn(1, 64), layer.qweight, layer._q4_sb, 32)
     with pytest.raises(RuntimeError, match="fp16"):
         kernel.q4_matmul(torch.randn(1, 128), layer.qweight, layer._q4_sb.bfloat16(), 32)
+    values = torch.zeros(8, 384, dtype=torch.uint8)  # int8 groups of 192 inputs: not 64 times a power of two
+    with pytest.raises(RuntimeError, match="64 inputs times a power of two"):
+        kernel.q4_matmul(torch.randn(1, 384), values, torch.ones(8, 2), 0)
 
 
 def quantized_model(tokenizer, tmp_path, bits, **shape):
