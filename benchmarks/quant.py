@@ -225,7 +225,8 @@ def bench_model(name: str, out: Path, peers: Path, new: int, bandwidth: float) -
         if row["kernel"] in ("q4own", "q8own"):
             # the C++ decode step runs every layer in fp32 whatever the model's dtype: the decode figure is the
             # fp32 model through the kernels; the model's own dtype through them is what short prefill chunks run
-            row["ppl_kernel"] = perplexity_through_the_kernel(modellib.load(folder, dtype="fp32").model, tok)
+            fp32_model = model if dtype == "fp32" else modellib.load(folder, dtype="fp32").model
+            row["ppl_kernel"] = perplexity_through_the_kernel(fp32_model, tok)
             if dtype != "fp32":
                 row["ppl_kernel_model_dtype"] = perplexity_through_the_kernel(model, tok)
         row.update(engine_figures(model, tok, prompts, new))

@@ -26,11 +26,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from ..download import DownloadError, resolve
     from ..model import ModelLoadError
     from . import QuantError, quantize
-    from .linear import INT8_GROUP_SIZES
+    from .linear import check_int8_group_size
 
-    if args.bits == 8 and args.group_size not in (None, 0, *INT8_GROUP_SIZES):  # before loading any weights
-        print(f"moss quantize: int8 --group-size must be 0 (a scale per output channel) or one of "
-              f"{', '.join(map(str, INT8_GROUP_SIZES))} (got {args.group_size})", file=sys.stderr)
+    try:
+        if args.bits == 8:
+            check_int8_group_size(args.group_size)  # before loading any weights
+    except QuantError as e:
+        print(f"moss quantize: {e}", file=sys.stderr)
         return 2
     try:
         spec = quantize(str(resolve(args.model)), args.out, args.bits, args.group_size)

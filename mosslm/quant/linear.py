@@ -118,20 +118,28 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (q.float().view(n, scale.shape[1], -1) * scale.float()[..., None]).view(n, k)
 
 
+def check_int8_group_size(wanted: int | None) -> None:
+    """Refuse an int8 group size the kernels do not take (None: the default, 0: one scale per output row)."""
+    if wanted not in (None, 0, *INT8_GROUP_SIZES):
+        raise QuantError(f"int8 --group-size must be 0 (a scale per output channel) or one of "
+                         f"{', '.join(map(str, INT8_GROUP_SIZES))} (got {wanted})")
+
+
+def _check_divides(in_features: list[int], group: int) -> None:
+    bad = sorted({k for k in in_features if k % group})
+    if bad:
+        raise QuantError(f"input sizes {bad} are not multiples of group size {group}")
+
+
 def default_int8_group(in_features: list[int], wanted: int | None = None) -> int | None:
     """The int8 group size for these layers: `wanted` (0: one scale per output row, returned as None) if
     every input size divides by it, else 64 where they all do, else one scale per row."""
-    if wanted is not None:
-        if wanted == 0:
-            return None
-        if wanted not in INT8_GROUP_SIZES:
-            raise QuantError(f"int8 --group-size must be 0 (a scale per output channel) or one of "
-                             f"{', '.join(map(str, INT8_GROUP_SIZES))} (got {wanted})")
-        bad = sorted({k for k in in_features if k % wanted})
-        if bad:
-            raise QuantError(f"input sizes {bad} are not multiples of group size {wanted}")
-        return wanted
-    return INT8_DEFAULT_GROUP if all(k % INT8_DEFAULT_GROUP == 0 for k in in_features) else None
+    check_int8_group_size(wanted)
+    if wanted is None:
+        return INT8_DEFAULT_GROUP if all(k % INT8_DEFAULT_GROUP == 0 for k in in_features) else None
+    if wanted:
+        _check_divides(in_features, wanted)
+    return wanted or None
 
 
 def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -145,9 +153,7 @@ def default_group_size(in_features: list[int], wanted: int | None = None) -> int
     if wanted is not None:
         if wanted not in INT4_GROUP_SIZES:
             raise QuantError(f"--group-size must be one of {', '.join(map(str, INT4_GROUP_SIZES))} (got {wanted})")
-        bad = sorted({k for k in in_features if k % wanted})
-        if bad:
-            raise QuantError(f"input sizes {bad} are not multiples of group size {wanted}")
+        _check_divides(in_features, wanted)
         return wanted
     for g in (128, 64, 32):
         if all(k % g == 0 for k in in_features):

@@ -468,7 +468,7 @@ MOSS_TARGET void matmul(const Linear4& l, const float* x, int64_t rows, float* y
   if (l.scale8 != nullptr) {
     quantize_rows(x, rows, l.k, scratch, /*interleave=*/false);
     std::vector<float> shift(rows, 0.f);  // 128 x the quantized row's sum
-    for (int64_t m = 0; kShifted && m < rows; ++m)
+    for (int64_t m = 0; kShifted && l.group == 0 && m < rows; ++m)  // grouped tiles take it per block
       for (int64_t i = 0; i < 2 * (l.k / kBlock); ++i) shift[m] += 128.f * scratch.sum[m * 2 * (l.k / kBlock) + i];
     const int64_t grain = std::max<int64_t>(4, 65536 / std::max<int64_t>(1, rows * l.k));
     at::parallel_for(0, l.n, grain, [&](int64_t n0, int64_t n1) {
